@@ -1,0 +1,36 @@
+# kwyn: two commands on a fresh machine (Python 3.11 + pip): `make repro`, `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(abspath $(VENV)/bin)
+STAMP := $(VENV)/.kwyn-installed
+# dvc starts `papermill` from PATH, so the venv goes first on it
+RUN := PATH="$(BIN):$$PATH" DVC_NO_ANALYTICS=1
+
+.PHONY: venv repro test lab pins
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt
+	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
+	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps -e .
+	touch $@
+
+repro: venv
+	$(RUN) dvc repro
+
+test: venv
+	$(RUN) HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest
+
+lab: venv
+	$(VENV)/bin/python -m ipykernel install --sys-prefix --name kwyn --display-name "kwyn (.venv)"
+	-$(VENV)/bin/nbstripout --install --attributes .gitattributes
+	$(RUN) jupyter lab notebooks
+
+# after changing the environment by hand: re-pin requirements.txt and environment.yml from it
+pins: venv
+	{ echo "# Pinned environment of kwyn (Python 3.11, CPU). Regenerate: make pins. tinysoundfont is in requirements-nodeps.txt."; \
+	  $(VENV)/bin/pip freeze --exclude-editable | grep -viE "^(tinysoundfont|kwyn)[= ]" | sort -f; } > requirements.txt
+	$(VENV)/bin/python scripts/write_environment_yml.py

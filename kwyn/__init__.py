@@ -1,0 +1,1 @@
+"""kwyn: keep what you need. Task-specialist trimming of audio foundation models."""

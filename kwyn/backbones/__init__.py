@@ -1,0 +1,2 @@
+from kwyn.backbones.base import Backbone
+from kwyn.backbones.crepe import CrepeBackbone

@@ -1,0 +1,99 @@
+"""The interface every backbone implements.
+
+A backbone is a frozen pretrained audio encoder that knows
+- how it is built from a JSON-able config (random init) and loaded with pretrained weights,
+- its sample rate and embedding size,
+- its mask sites (where removable units live, see kwyn.sites),
+- how to turn a batch of audio into one time-averaged embedding per clip,
+- how to physically remove units at each site (`trim`), in place.
+
+A trimmed backbone is rebuilt anywhere from (config, kept units per site, state_dict):
+build from config, trim to the kept units, load the weights (kwyn.trim.load_trimmed).
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from kwyn.sites import MaskSite
+
+
+class Backbone(nn.Module):
+    family: ClassVar[str]
+    sample_rate: ClassVar[int]
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = {"family": self.family, **config}
+
+    # -- to implement -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, checkpoint: str | None = None, **config) -> "Backbone":
+        raise NotImplementedError
+
+    @property
+    def embedding_dim(self) -> int:
+        raise NotImplementedError
+
+    def mask_sites(self) -> list[MaskSite]:
+        raise NotImplementedError
+
+    def embed(self, audio: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) at self.sample_rate -> (batch, embedding_dim), averaged over time."""
+        raise NotImplementedError
+
+    def trim(self, keep: dict[str, torch.Tensor]) -> None:
+        """Remove every unit not listed in keep[site] (sorted unit indices), in place."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.embed(audio)
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def site(self, name: str) -> MaskSite:
+        for s in self.mask_sites():
+            if s.name == name:
+                return s
+        raise KeyError(f"{self.family} has no mask site {name!r}; sites: {[s.name for s in self.mask_sites()]}")
+
+    def trimmed_param_count(self, keep: dict[str, torch.Tensor]) -> int:
+        """Exact parameter count after trimming to `keep`, counted on a meta-device copy."""
+        with torch.device("meta"):
+            shadow = type(self)(self.config)
+        shadow.trim(keep)
+        return shadow.param_count()
+
+    def site_table(self) -> list[dict]:
+        """One row per site: name, kind, units, and parameters removed with one unit."""
+        full = self.param_count()
+        rows = []
+        for s in self.mask_sites():
+            keep = {s.name: torch.arange(1, s.units)}
+            rows.append({"site": s.name, "kind": s.kind, "units": s.units,
+                         "params_per_unit": full - self.trimmed_param_count(keep)})
+        return rows
+
+    def example_input(self, seconds: float, batch: int = 1) -> torch.Tensor:
+        return torch.randn(batch, int(round(seconds * self.sample_rate)))
+
+    def validate_keep(self, keep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        sites = {s.name: s for s in self.mask_sites()}
+        unknown = sorted(set(keep) - set(sites))
+        if unknown:
+            raise KeyError(f"unknown mask sites {unknown} for {self.family}; sites: {sorted(sites)}")
+        checked = {}
+        for name, idx in keep.items():
+            idx = torch.as_tensor(idx, dtype=torch.long).flatten()
+            if idx.device.type != "meta":
+                if idx.numel() and (idx.min() < 0 or idx.max() >= sites[name].units):
+                    raise ValueError(f"site {name}: unit index out of range 0..{sites[name].units - 1}")
+                if idx.unique().numel() != idx.numel():
+                    raise ValueError(f"site {name}: repeated unit index")
+                idx = idx.sort().values
+            checked[name] = idx
+        return checked

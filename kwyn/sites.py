@@ -1,0 +1,72 @@
+"""Mask sites: where a backbone's removable units live and how a per-unit vector reaches them.
+
+A site names a submodule of the backbone and says whether its input or its output carries
+the units, and how they are laid out in that tensor. Anything that multiplies (or shifts)
+units, a binary mask or SSF's scale-and-shift, is a SiteModulation attached there by a
+hook, so the backbone's forward code is never rewritten.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SITE_KINDS = ("conv_channels", "attention_heads", "ffn_units")
+LAYOUTS = ("channels_first", "channels_last", "heads")
+
+
+@dataclass(frozen=True)
+class MaskSite:
+    name: str  # unique within the backbone, e.g. "conv3" or "layer4.attention"
+    kind: str  # one of SITE_KINDS
+    units: int  # number of removable units at this site
+    module: str  # dotted path of the hooked submodule
+    hook: str  # "output": the module's output carries the units; "input": its first input does
+    layout: str  # "channels_first" (dim 1), "channels_last" (last dim), "heads" (last dim = heads x head_dim)
+
+    def __post_init__(self):
+        if self.kind not in SITE_KINDS:
+            raise ValueError(f"site {self.name}: kind {self.kind!r} not in {SITE_KINDS}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"site {self.name}: layout {self.layout!r} not in {LAYOUTS}")
+        if self.hook not in ("input", "output"):
+            raise ValueError(f"site {self.name}: hook must be 'input' or 'output', got {self.hook!r}")
+
+    def _unit_view(self, x: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reshape so that `values` (one per unit) broadcasts over x's units."""
+        if self.layout == "channels_first":
+            return x, values.view(1, -1, *([1] * (x.dim() - 2)))
+        if self.layout == "channels_last":
+            return x, values
+        return x.unflatten(-1, (self.units, -1)), values[:, None]
+
+    def scale_units(self, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        xv, v = self._unit_view(x, values.to(x.dtype))
+        return (xv * v).reshape(x.shape)
+
+    def shift_units(self, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        xv, v = self._unit_view(x, values.to(x.dtype))
+        return (xv + v).reshape(x.shape)
+
+
+class SiteModulation(nn.Module):
+    """Something that transforms the units of one site, attached to a backbone by a hook."""
+
+    def __init__(self, site: MaskSite):
+        super().__init__()
+        self.site = site
+
+    def modulate(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attach(self, backbone: nn.Module) -> torch.utils.hooks.RemovableHandle:
+        target = backbone.get_submodule(self.site.module)
+        if self.site.hook == "input":
+            return target.register_forward_pre_hook(
+                lambda _module, args: (self.modulate(args[0]),) + tuple(args[1:]))
+        return target.register_forward_hook(lambda _module, _args, output: self.modulate(output))
+
+
+def attach_all(backbone: nn.Module, modulations) -> list[torch.utils.hooks.RemovableHandle]:
+    return [m.attach(backbone) for m in modulations]
