@@ -1,2 +1,45 @@
+"""Backbone registry: a name in params.yaml -> how to load that model.
+
+Each backbone module registers its names here; `load_backbone` and `build_backbone`
+are the only entry points the rest of kwyn uses.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
 from kwyn.backbones.base import Backbone
 from kwyn.backbones.crepe import CrepeBackbone
+
+# family name (stored in every saved config) -> class
+FAMILIES: dict[str, type[Backbone]] = {
+    CrepeBackbone.family: CrepeBackbone,
+}
+
+# backbone name (params.yaml) -> (family, default config); pretrained weights are found by the family
+BACKBONES: dict[str, tuple[str, dict]] = {
+    "crepe-full": ("crepe", {"capacity": "full"}),
+    "crepe-tiny": ("crepe", {"capacity": "tiny"}),
+}
+
+
+def _family(name: str) -> type[Backbone]:
+    if name not in FAMILIES:
+        raise KeyError(f"unknown backbone family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def load_backbone(name: str, checkpoint: str | None = None, pretrained: bool = True, **overrides) -> Backbone:
+    """The named backbone with its pretrained weights (or random init when pretrained=False), in eval mode."""
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    family, config = BACKBONES[name]
+    config = {**config, **overrides}
+    cls = _family(family)
+    model = cls.from_pretrained(checkpoint, **config) if pretrained else cls(config)
+    return model.eval()
+
+
+def build_backbone(config: dict) -> Backbone:
+    """Random-init backbone from a saved config (which names its family)."""
+    config = dict(config)
+    return _family(config.pop("family"))(config)
