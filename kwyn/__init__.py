@@ -1,1 +1,8 @@
 """kwyn: keep what you need. Task-specialist trimming of audio foundation models."""
+
+
+def load_trimmed(path):
+    """Rebuild a trimmed model saved by kwyn.trim.save_trimmed (see there)."""
+    from kwyn.trim import load_trimmed as _load
+
+    return _load(path)

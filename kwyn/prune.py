@@ -48,6 +48,8 @@ def batch_norm(bn: nn.modules.batchnorm._BatchNorm, idx: torch.Tensor) -> None:
         bn.running_mean = _keep(bn.running_mean, idx, 0)
         bn.running_var = _keep(bn.running_var, idx, 0)
     bn.num_features = len(idx)
+    if bn.num_features == 0 and type(bn) in _ZERO_SAFE:
+        bn.__class__ = _ZERO_SAFE[type(bn)]
 
 
 def linear_out(linear: nn.Linear, idx: torch.Tensor) -> None:
@@ -96,7 +98,23 @@ class ZeroWidthSafeConv2d(_ZeroWidthSafeConv, nn.Conv2d):
     pass
 
 
-_ZERO_SAFE = {nn.Conv1d: ZeroWidthSafeConv1d, nn.Conv2d: ZeroWidthSafeConv2d}
+class _ZeroWidthSafeBatchNorm:
+    """Mixin for a BatchNorm left with no channel: torch's kernel rejects it; the output is empty too."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.num_features == 0 else super().forward(x)
+
+
+class ZeroWidthSafeBatchNorm1d(_ZeroWidthSafeBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class ZeroWidthSafeBatchNorm2d(_ZeroWidthSafeBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+_ZERO_SAFE = {nn.Conv1d: ZeroWidthSafeConv1d, nn.Conv2d: ZeroWidthSafeConv2d,
+              nn.BatchNorm1d: ZeroWidthSafeBatchNorm1d, nn.BatchNorm2d: ZeroWidthSafeBatchNorm2d}
 
 
 def _make_zero_width_safe(conv: nn.Module) -> None:

@@ -84,7 +84,7 @@ class CrepeBackbone(Backbone):
             x = F.pad(x, PADDING[i - 1])
             x = F.relu(getattr(self, f"conv{i}")(x))
             x = getattr(self, f"conv{i}_BN")(x)
-            x = F.max_pool2d(x, (2, 1), (2, 1))
+            x = _halve_height(x)
         # torchcrepe flattens height-major: feature h * channels + c
         x = x.permute(0, 2, 1, 3).reshape(x.shape[0], -1)
         return torch.sigmoid(self.classifier(x))
@@ -108,6 +108,13 @@ class CrepeBackbone(Backbone):
                 old_width = self.classifier.in_features // HEIGHT_AFTER_CONV6
                 columns = (torch.arange(HEIGHT_AFTER_CONV6, device=idx.device)[:, None] * old_width + idx).flatten()
                 prune.linear_in(self.classifier, columns)
+
+
+def _halve_height(x: torch.Tensor) -> torch.Tensor:
+    # torch's max-pool rejects a tensor with no channel, which a fully trimmed layer leaves
+    if x.shape[1] == 0:
+        return x.new_zeros(x.shape[0], 0, x.shape[2] // 2, x.shape[3])
+    return F.max_pool2d(x, (2, 1), (2, 1))
 
 
 def load_state_dict_checked(model: nn.Module, state: dict, source: str) -> None:

@@ -1,0 +1,1 @@
+"""Datasets: raw layouts (nsynth), offline rendering (soundfont), and the prepared arrays (prepare)."""

@@ -1,0 +1,162 @@
+"""Prepare a split once: decode, resample, crop to a fixed clip, store as one float32 array.
+
+out_dir/<split>.npy  float32 [N, T], memory-mappable, so training never decodes audio again
+out_dir/<split>.csv  id, path, then one integer column per task (index into meta.json's labels)
+out_dir/meta.json    sample_rate, clip_seconds, num_samples, tasks {task: [label names]}
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kwyn.audio import BadAudioError, crop_or_pad, read_audio
+from kwyn.data.nsynth import NSYNTH_FAMILIES, SPLITS, Example, read_nsynth_split
+from kwyn.io import atomic_path, read_json, write_json
+
+
+def _decode(example: Example, sample_rate: int, length: int, offset: int):
+    try:
+        return crop_or_pad(read_audio(example.path, sample_rate), length, offset).numpy()
+    except BadAudioError as e:
+        return e  # handed back, so the caller decides in example order (deterministic)
+
+
+def prepare_split(examples: list[Example], out_dir, split: str, *, sample_rate: int, clip_seconds: float,
+                  offset_seconds: float = 0.0, label_fields: dict[str, list], on_bad_audio: str = "error",
+                  workers: int = 1) -> dict:
+    """Write out_dir/<split>.npy and .csv; return {"split", "written", "skipped": [paths], "skip_reasons"}.
+
+    on_bad_audio="error" stops at the first bad file (or label outside its label set);
+    "skip" leaves it out and lists it. Outputs appear only when the whole split succeeded.
+    """
+    if on_bad_audio not in ("error", "skip"):
+        raise ValueError(f"on_bad_audio must be 'error' or 'skip', got {on_bad_audio!r}")
+    if not examples:
+        raise ValueError(f"split {split!r} has no examples")
+    out_dir = Path(out_dir)
+    length, offset = round(clip_seconds * sample_rate), round(offset_seconds * sample_rate)
+    index = {task: {label: i for i, label in enumerate(labels)} for task, labels in label_fields.items()}
+    skip_reasons: dict[str, str] = {}
+
+    # labels first: cheap, and a wrong label set should fail before minutes of decoding
+    labelled = []
+    for ex in examples:
+        bad = [(t, ex.labels.get(t)) for t in label_fields if ex.labels.get(t) not in index[t]]
+        if not bad:
+            labelled.append((ex, [index[t][ex.labels[t]] for t in label_fields]))
+            continue
+        reason = "; ".join(f"label {v!r} for task {t!r} is not in its label set" for t, v in bad)
+        if on_bad_audio == "error":
+            raise ValueError(f"{ex.path}: {reason}")
+        skip_reasons[str(ex.path)] = reason
+
+    rows = []
+    with atomic_path(out_dir / f"{split}.npy") as npy_tmp, atomic_path(out_dir / f"{split}.csv") as csv_tmp:
+        # rows land in a full-size array as they come; compacted below only if some were skipped
+        full_path = npy_tmp.parent / "full.npy"
+        full = np.lib.format.open_memmap(full_path, mode="w+", dtype=np.float32,
+                                         shape=(max(len(labelled), 1), length))
+        with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(total=len(labelled), desc=f"prepare {split}",
+                                                               unit="clip") as bar:
+            # chunks bound how many decoded clips wait in memory; map keeps example order
+            it = iter(labelled)
+            while chunk := list(itertools.islice(it, 64 * max(1, workers))):
+                clips = pool.map(lambda item: _decode(item[0], sample_rate, length, offset), chunk)
+                for (ex, label_ids), clip in zip(chunk, clips):
+                    bar.update()
+                    if isinstance(clip, BadAudioError):
+                        if on_bad_audio == "error":
+                            raise clip
+                        skip_reasons[clip.path] = clip.reason
+                        continue
+                    full[len(rows)] = clip
+                    rows.append([ex.id, str(ex.path), *label_ids])
+        if not rows:
+            raise ValueError(f"split {split!r}: all {len(examples)} examples were skipped "
+                             f"(e.g. {next(iter(skip_reasons.items()))})")
+        full.flush()
+        if len(rows) == full.shape[0]:
+            del full
+            full_path.replace(npy_tmp)
+        else:
+            kept = np.lib.format.open_memmap(npy_tmp, mode="w+", dtype=np.float32, shape=(len(rows), length))
+            for i in range(0, len(rows), 1024):
+                kept[i:i + 1024] = full[i:min(i + 1024, len(rows))]
+            kept.flush()
+            del kept, full
+        with open(csv_tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "path", *label_fields])
+            w.writerows(rows)
+    return {"split": split, "written": len(rows), "skipped": list(skip_reasons), "skip_reasons": skip_reasons}
+
+
+def write_meta(out_dir, *, sample_rate: int, clip_seconds: float, tasks: dict[str, list]) -> Path:
+    path = Path(out_dir) / "meta.json"
+    write_json(path, {"sample_rate": sample_rate, "clip_seconds": clip_seconds,
+                      "num_samples": round(clip_seconds * sample_rate), "tasks": tasks})
+    return path
+
+
+class PreparedDataset(torch.utils.data.Dataset):
+    """(audio float32 [T], label int) pairs of one task from a prepared split."""
+
+    def __init__(self, root, split: str, task: str):
+        self.root, self.split, self.task = Path(root), split, task
+        meta = read_json(self.root / "meta.json")
+        if task not in meta["tasks"]:
+            raise KeyError(f"task {task!r} not in {self.root / 'meta.json'}; known: {sorted(meta['tasks'])}")
+        self.classes = list(meta["tasks"][task])
+        self.num_classes = len(self.classes)
+        self.sample_rate = meta["sample_rate"]
+        with open(self.root / f"{split}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.ids = [r["id"] for r in rows]
+        self.labels = torch.tensor([int(r[task]) for r in rows], dtype=torch.long)
+        self._audio = None
+        if len(self) != self.audio.shape[0]:
+            raise ValueError(f"{self.root}/{split}.csv has {len(self)} rows but {split}.npy has "
+                             f"{self.audio.shape[0]}: re-run the prepare step")
+
+    @property
+    def audio(self) -> np.ndarray:
+        # opened lazily so a DataLoader worker maps the file itself instead of receiving a copy
+        if self._audio is None:
+            self._audio = np.load(self.root / f"{self.split}.npy", mmap_mode="r")
+        return self._audio
+
+    def __getstate__(self):
+        return {**self.__dict__, "_audio": None}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(np.array(self.audio[i])), int(self.labels[i])
+
+
+def prepare_nsynth_like(raw_root, out_dir, *, sample_rate: int = 16000, clip_seconds: float = 1.0,
+                        offset_seconds: float = 0.0, pitches: tuple[int, int] = (48, 84),
+                        on_bad_audio: str = "error", workers: int = 1) -> dict:
+    """Prepare NSynth (real or rendered) train/valid/test for the pitch and instrument_family tasks.
+
+    Notes outside the inclusive `pitches` range are left out before preparing (real NSynth
+    spans MIDI 9-120); their count is reported as "out_of_range".
+    """
+    tasks = {"pitch": list(range(pitches[0], pitches[1] + 1)), "instrument_family": list(NSYNTH_FAMILIES)}
+    summary = {}
+    for split in SPLITS:
+        examples = read_nsynth_split(raw_root, split)
+        in_range = [e for e in examples if pitches[0] <= e.labels["pitch"] <= pitches[1]]
+        summary[split] = prepare_split(in_range, out_dir, split, sample_rate=sample_rate, clip_seconds=clip_seconds,
+                                       offset_seconds=offset_seconds, label_fields=tasks,
+                                       on_bad_audio=on_bad_audio, workers=workers)
+        summary[split]["out_of_range"] = len(examples) - len(in_range)
+    write_meta(out_dir, sample_rate=sample_rate, clip_seconds=clip_seconds, tasks=tasks)
+    return summary

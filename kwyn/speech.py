@@ -1,0 +1,166 @@
+"""Synthetic speech from espeak-ng, offline: the library and its data ship in the espeakng-loader wheel.
+
+We call libespeak-ng's C API through ctypes (no system package, no phonemizer wrapper). espeak-ng
+is a formant synthesiser with no randomness, so the same text and settings always give the same
+samples: generated datasets are reproducible.
+
+The library keeps global state (one current voice and parameter set), so every call takes a
+lock and sets voice and parameters afresh.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# espeak_AUDIO_OUTPUT: SYNCHRONOUS = espeak_Synth returns once all audio went to the callback
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_DONT_EXIT = 0x8000  # report errors instead of exiting the process
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_RATE, _VOLUME, _PITCH, _RANGE, _PUNCTUATION, _CAPITALS, _WORDGAP = 1, 2, 3, 4, 5, 6, 7
+_EE_OK = 0
+
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class _Voice(ctypes.Structure):  # espeak_VOICE
+    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_void_p), ("identifier", ctypes.c_char_p),
+                ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
+                ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
+
+
+_lock = threading.Lock()
+_lib = None
+_native_rate = 0
+_chunks: list[np.ndarray] = []
+
+
+@_SYNTH_CALLBACK
+def _collect(wav, n_samples, _events):
+    if n_samples > 0:
+        _chunks.append(np.ctypeslib.as_array(wav, shape=(n_samples,)).copy())
+    return 0  # 0 = go on synthesising
+
+
+def _library():
+    """libespeak-ng, initialised once per process; returns (lib, native sample rate)."""
+    global _lib, _native_rate
+    if _lib is None:
+        try:
+            import espeakng_loader
+        except ImportError as err:
+            raise ImportError("kwyn.speech needs the `espeakng-loader` wheel (pip install espeakng-loader==0.2.4)") from err
+        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                                     ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p]
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+        lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
+        # the path is the directory that *contains* espeak-ng-data
+        data_parent = str(Path(espeakng_loader.get_data_path()).parent).encode()
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent, _INITIALIZE_DONT_EXIT)
+        if rate <= 0:
+            raise RuntimeError(f"espeak_Initialize failed (returned {rate}) with data at {data_parent.decode()}")
+        lib.espeak_SetSynthCallback(_collect)
+        _lib, _native_rate = lib, rate
+    return _lib, _native_rate
+
+
+def list_voices() -> list[dict]:
+    """The installed espeak-ng voices: name, identifier (usable as `voice`), languages, gender."""
+    with _lock:
+        lib, _ = _library()
+        voices = lib.espeak_ListVoices(None)
+        out = []
+        i = 0
+        while voices[i]:
+            v = voices[i].contents
+            out.append({"name": v.name.decode(), "identifier": v.identifier.decode(),
+                        "languages": _languages(v.languages), "gender": {1: "male", 2: "female"}.get(v.gender, "")})
+            i += 1
+    return out
+
+
+def _languages(ptr: int) -> list[str]:
+    """espeak_VOICE.languages: (priority byte, NUL-terminated name) pairs, ended by a zero priority."""
+    langs, pos = [], ptr
+    while (priority := ctypes.c_ubyte.from_address(pos).value) != 0:
+        name = ctypes.string_at(pos + 1)
+        langs.append(name.decode())
+        pos += 2 + len(name)
+    return langs
+
+
+def _synth_in_fork(lib, text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
+    """Synthesise in a forked child, so every call starts from the same pristine library state.
+
+    espeak-ng keeps state between utterances that no API call resets (a static pitch-flutter phase
+    in its wave generator, and random draws): in one process, the same text comes out a few samples
+    different each time. A child forked after initialisation (the parent never synthesises)
+    starts from identical memory every time, and its samples come back through a pipe.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: synthesise, write b"K" + int16 samples or b"E" + message, exit without cleanup
+        status = 1
+        try:
+            os.close(read_end)
+            message = _synth_here(lib, text, voice, rate_wpm, pitch)
+            status = 0
+        except BaseException as err:  # noqa: BLE001 - everything must reach the parent
+            message = b"E" + f"{type(err).__name__}: {err}".encode()
+        finally:
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(message)
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read()  # read before waiting: a full pipe would block the child
+    os.waitpid(pid, 0)
+    if not message.startswith(b"K"):
+        text_err = message[1:].decode(errors="replace") or "espeak-ng child process died"
+        raise (ValueError if "no voice" in text_err else RuntimeError)(text_err)
+    return np.frombuffer(message[1:], dtype=np.int16)
+
+
+def _synth_here(lib, text: str, voice: str, rate_wpm: int, pitch: int) -> bytes:
+    if lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
+        raise ValueError(f"espeak-ng has no voice {voice!r}; see kwyn.speech.list_voices()")
+    for param, value in [(_RATE, rate_wpm), (_PITCH, pitch), (_VOLUME, 100), (_RANGE, 50)]:
+        lib.espeak_SetParameter(param, int(value), 0)
+    lib.espeak_ng_SetRandSeed(0)
+    _chunks.clear()
+    data = text.encode("utf-8") + b"\0"
+    err = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+    if err != _EE_OK:
+        raise RuntimeError(f"espeak_Synth failed with error {err}")
+    return b"K" + b"".join(c.tobytes() for c in _chunks)
+
+
+def synthesize(text: str, *, voice: str = "en-us", rate_wpm: int = 160, pitch: int = 50,
+               sample_rate: int = 16000) -> np.ndarray:
+    """Speak `text` with espeak-ng; mono float32 in [-1, 1] at `sample_rate` (espeak renders at 22,050 Hz).
+
+    pitch is espeak's 0..100 base pitch (50 = the voice's default); rate_wpm its words per minute (80..450).
+    """
+    if not text.strip():
+        raise ValueError("synthesize needs non-empty text")
+    with _lock:
+        lib, native_rate = _library()
+        samples = _synth_in_fork(lib, text, voice, rate_wpm, pitch)
+    audio = torch.from_numpy(samples.astype(np.float32) / 32768.0)
+    if sample_rate != native_rate:
+        import torchaudio.functional
+
+        audio = torchaudio.functional.resample(audio, native_rate, sample_rate)
+    return audio.numpy().astype(np.float32, copy=False)

@@ -1,0 +1,55 @@
+"""Physically trimmed models: build from trained masks, save, and rebuild in a fresh process.
+
+On disk (DPHuBERT's idea: config + weights, rebuilt from the config):
+  config.json         backbone config (names its family), head config, kept unit indices per
+                      site, units per site before trimming, and free-form metadata
+  model.safetensors   weights of the trimmed backbone ("backbone.*") and head ("head.*")
+Rebuilding = build the backbone from its config, trim it to the kept units, load the weights.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kwyn.backbones import Backbone, build_backbone
+from kwyn.heads import build_head
+from kwyn.io import atomic_path
+from kwyn.model import TaskModel
+
+
+def trim_model(backbone: Backbone, kept_units: dict[str, list[int]]) -> Backbone:
+    """Remove every unmasked-out unit in place and return the backbone (no hooks may be attached)."""
+    backbone.trim({site: torch.as_tensor(idx, dtype=torch.long) for site, idx in kept_units.items()})
+    return backbone
+
+
+def save_trimmed(model: TaskModel, kept_units: dict[str, list[int]], site_units: dict[str, int], path: str | Path,
+                 metadata: dict | None = None, base_config: dict | None = None) -> None:
+    """Save a TaskModel whose backbone was trimmed to `kept_units`.
+
+    base_config is the backbone's config before trimming (defaults to model.backbone.config).
+    """
+    config = {"backbone": base_config or model.backbone.config, "head": model.head.config,
+              "kept_units": {k: [int(i) for i in v] for k, v in kept_units.items()},
+              "site_units": site_units, "metadata": metadata or {}}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(state, tmp / "model.safetensors")
+
+
+def load_trimmed(path: str | Path) -> TaskModel:
+    """Rebuild a saved trimmed model (no masks, no hooks), in eval mode."""
+    path = Path(path)
+    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"{path} is not a trimmed model: it needs config.json and model.safetensors")
+    config = json.loads((path / "config.json").read_text())
+    backbone = trim_model(build_backbone(config["backbone"]), config["kept_units"])
+    model = TaskModel(backbone, build_head(config["head"]))
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    model.config = config
+    return model.eval()
