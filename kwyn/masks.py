@@ -45,14 +45,25 @@ class UnitMask(SiteModulation):
         return torch.nonzero(torch.sigmoid(self.logits.detach()) > 0.5).flatten()
 
 
+def module_key(site_name: str) -> str:
+    """nn.ModuleDict keys cannot contain '.', site names (e.g. 'layer3.ffn') can."""
+    return site_name.replace(".", "__")
+
+
 class MaskSet(nn.ModuleDict):
-    """One UnitMask per site of a backbone."""
+    """One UnitMask per site of a backbone; index it by site name."""
 
     def __init__(self, sites: list[MaskSite], init_logit: float = 1.0):
-        super().__init__({s.name: UnitMask(s, init_logit) for s in sites})
+        super().__init__({module_key(s.name): UnitMask(s, init_logit) for s in sites})
+
+    def __getitem__(self, site_name: str) -> UnitMask:
+        return super().__getitem__(module_key(site_name))
+
+    def by_site(self) -> dict[str, UnitMask]:
+        return {mask.site.name: mask for mask in self.values()}
 
     def kept_units(self) -> dict[str, torch.Tensor]:
-        return {name: mask.kept() for name, mask in self.items()}
+        return {name: mask.kept() for name, mask in self.by_site().items()}
 
     def logits(self) -> list[torch.Tensor]:
         return [mask.logits for mask in self.values()]

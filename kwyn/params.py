@@ -42,6 +42,7 @@ class SoundfontNotes(_Strict):
     note_seconds: float = Field(1.0, gt=0)
     pitches: tuple[int, int] = (48, 84)
     velocities: list[int] = [100]
+    families: Optional[list[str]] = None  # NSynth family names to render; None: every family
     split_per_family: tuple[int, int, int] = (6, 1, 1)
     clip_seconds: float = Field(0.064, gt=0)
     offset_seconds: float = Field(0.1, ge=0)
@@ -50,6 +51,11 @@ class SoundfontNotes(_Strict):
 
     @model_validator(mode="after")
     def _ranges(self):
+        from kwyn.data.nsynth import NSYNTH_FAMILIES
+
+        unknown = sorted(set(self.families or ()) - set(NSYNTH_FAMILIES))
+        if unknown:
+            raise ValueError(f"families: unknown {unknown}; known: {NSYNTH_FAMILIES}")
         if not 0 <= self.pitches[0] <= self.pitches[1] <= 127:
             raise ValueError(f"pitches must be [low, high] MIDI notes within 0..127, got {list(self.pitches)}")
         return self

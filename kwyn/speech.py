@@ -1,11 +1,10 @@
 """Synthetic speech from espeak-ng, offline: the library and its data ship in the espeakng-loader wheel.
 
-We call libespeak-ng's C API through ctypes (no system package, no phonemizer wrapper). espeak-ng
-is a formant synthesiser with no randomness, so the same text and settings always give the same
-samples: generated datasets are reproducible.
-
-The library keeps global state (one current voice and parameter set), so every call takes a
-lock and sets voice and parameters afresh.
+We call libespeak-ng's C API through ctypes (no system package, no phonemizer wrapper).
+Determinism: the same text and settings give the same samples, whatever was synthesised before
+in the process and in whatever order (generated datasets are reproducible): each utterance is
+synthesised in a child forked from a parent that initialised the library but never synthesised
+(see _synth_in_fork). Linux/macOS only (fork).
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000  # report errors instead of exiting the process
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
-_RATE, _VOLUME, _PITCH, _RANGE, _PUNCTUATION, _CAPITALS, _WORDGAP = 1, 2, 3, 4, 5, 6, 7
+_RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4  # espeak_PARAMETER
 _EE_OK = 0
 
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
@@ -54,7 +53,8 @@ def _library():
         try:
             import espeakng_loader
         except ImportError as err:
-            raise ImportError("kwyn.speech needs the `espeakng-loader` wheel (pip install espeakng-loader==0.2.4)") from err
+            raise ImportError("kwyn.speech needs the `espeakng-loader` wheel "
+                              "(pip install espeakng-loader==0.2.4)") from err
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.restype = ctypes.c_int
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
@@ -94,7 +94,7 @@ def list_voices() -> list[dict]:
 def _languages(ptr: int) -> list[str]:
     """espeak_VOICE.languages: (priority byte, NUL-terminated name) pairs, ended by a zero priority."""
     langs, pos = [], ptr
-    while (priority := ctypes.c_ubyte.from_address(pos).value) != 0:
+    while ctypes.c_ubyte.from_address(pos).value != 0:
         name = ctypes.string_at(pos + 1)
         langs.append(name.decode())
         pos += 2 + len(name)
@@ -111,25 +111,24 @@ def _synth_in_fork(lib, text: str, voice: str, rate_wpm: int, pitch: int) -> np.
     """
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: synthesise, write b"K" + int16 samples or b"E" + message, exit without cleanup
-        status = 1
+    if pid == 0:  # child: write b"K" + int16 samples, or b"V"/b"E" + message; exit without any cleanup
         try:
             os.close(read_end)
-            message = _synth_here(lib, text, voice, rate_wpm, pitch)
-            status = 0
-        except BaseException as err:  # noqa: BLE001 - everything must reach the parent
-            message = b"E" + f"{type(err).__name__}: {err}".encode()
-        finally:
+            try:
+                message = _synth_here(lib, text, voice, rate_wpm, pitch)
+            except BaseException as err:  # noqa: BLE001 - every failure must reach the parent
+                message = (b"V" if isinstance(err, ValueError) else b"E") + str(err).encode()
             with os.fdopen(write_end, "wb") as pipe:
                 pipe.write(message)
-            os._exit(status)
+        finally:
+            os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         message = pipe.read()  # read before waiting: a full pipe would block the child
     os.waitpid(pid, 0)
     if not message.startswith(b"K"):
-        text_err = message[1:].decode(errors="replace") or "espeak-ng child process died"
-        raise (ValueError if "no voice" in text_err else RuntimeError)(text_err)
+        error = ValueError if message.startswith(b"V") else RuntimeError
+        raise error(message[1:].decode(errors="replace") or "the espeak-ng child process died")
     return np.frombuffer(message[1:], dtype=np.int16)
 
 

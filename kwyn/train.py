@@ -128,8 +128,8 @@ def train(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, *
         if done % cfg.eval_every == 0 or done == cfg.steps:
             metrics = classification_metrics(predict(model, valid_set, 32, val_indices), val_labels,
                                               valid_set.num_classes)
-            row = {"step": done, "loss": float(loss), "task_loss": float(task_loss),
-                   "sparsity_loss": float(s_loss), "val_metric": metrics["weighted_accuracy"],
+            row = {"step": done, "loss": loss.item(), "task_loss": task_loss.item(),
+                   "sparsity_loss": s_loss.item(), "val_metric": metrics["weighted_accuracy"],
                    "trim_ratio": trimming_ratio(backbone, masks) if masks is not None else 0.0,
                    "kept_units": masks.kept_count if masks is not None else None}
             state["history"].append(row)

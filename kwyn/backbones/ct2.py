@@ -236,9 +236,9 @@ def generation_config(config, model_dir: str | Path | None = None):
     return GenerationConfig(
         decoder_start_token_id=ids["<|startoftranscript|>"], bos_token_id=ids["<|startoftranscript|>"],
         eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
-        no_timestamps_token_id=ids["<|notimestamps|>"], # OpenAI's rule: English-only checkpoints have the smaller vocabulary
-        is_multilingual=config.vocab_size >= 51865,
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        is_multilingual=config.vocab_size >= 51865,  # OpenAI's rule: English-only models have the smaller vocabulary
         suppress_tokens=ct2_config.get("suppress_ids", []),
         begin_suppress_tokens=ct2_config.get("suppress_ids_begin", []),
-        max_length=448, do_sample=False, num_beams=1,
+        max_length=config.max_target_positions, do_sample=False, num_beams=1,
     )

@@ -54,15 +54,15 @@ MODELS = {
 # forced on every config: no SpecAugment, no LayerDrop (and so no unused masked_spec_embed)
 INFERENCE = {"apply_spec_augment": False, "mask_time_prob": 0.0, "mask_feature_prob": 0.0, "layerdrop": 0.0}
 # our own config keys, next to the transformers config fields
-KWYN_KEYS = ("model_type", "checkpoint", "normalize")
+KWYN_KEYS = ("model_type", "source", "normalize")
 # transformers config fields that say nothing about the architecture
 NOT_ARCHITECTURE = ("transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype", "model_type")
 
 
 class Wav2Vec2Backbone(Backbone):
-    """config: model_type ("wav2vec2" | "hubert" | "wavlm"), checkpoint (hub id or directory the
-    weights come from, informative), normalize (per-clip zero-mean unit-variance input, as the
-    checkpoint's feature extractor does), plus any transformers config fields."""
+    """config: model_type ("wav2vec2" | "hubert" | "wavlm"); source (hub id or directory the weights
+    come from: from_pretrained's default checkpoint); normalize (per-clip zero-mean unit-variance
+    input, as the checkpoint's feature extractor does); plus any transformers config fields."""
 
     family = "wav2vec2"
     sample_rate = 16000
@@ -71,7 +71,7 @@ class Wav2Vec2Backbone(Backbone):
         model_type = config.get("model_type", "wav2vec2")
         if model_type not in MODELS:
             raise ValueError(f"unknown model_type {model_type!r}; known: {sorted(MODELS)}")
-        config = {"model_type": model_type, "checkpoint": None, "normalize": model_type == "wav2vec2",
+        config = {"model_type": model_type, "source": None, "normalize": model_type == "wav2vec2",
                   **config, **INFERENCE}
         super().__init__(config)
         config_cls, model_cls = MODELS[model_type]
@@ -88,7 +88,7 @@ class Wav2Vec2Backbone(Backbone):
         model_type = config.get("model_type", "wav2vec2")
         if model_type not in MODELS:
             raise ValueError(f"unknown model_type {model_type!r}; known: {sorted(MODELS)}")
-        source = str(checkpoint or config.get("checkpoint") or "")
+        source = str(checkpoint or config.get("source") or "")
         if not source:
             raise ValueError("no checkpoint given: pass a hub id or a local directory")
         model, info = _load_transformers(MODELS[model_type][1], source)
@@ -100,7 +100,7 @@ class Wav2Vec2Backbone(Backbone):
                            f"  mis-shaped keys: {_short(info.get('mismatched_keys'))}")
         fields = {k: v for k, v in model.config.to_diff_dict().items() if k not in NOT_ARCHITECTURE}
         kwyn = {k: config[k] for k in KWYN_KEYS if k in config}
-        return cls({**fields, **kwyn, "model_type": model_type, "checkpoint": source}, _model=model).eval()
+        return cls({**fields, **kwyn, "model_type": model_type, "source": source}, _model=model).eval()
 
     @property
     def hf_config(self):
@@ -152,13 +152,13 @@ class Wav2Vec2Backbone(Backbone):
             raise ValueError(f"audio of {audio.shape[1]} samples is shorter than one frame "
                              f"({self.receptive_field()} samples at {self.sample_rate} Hz)")
         if self.config["normalize"]:  # as Wav2Vec2FeatureExtractor(do_normalize=True)
-            audio = (audio - audio.mean(1, keepdim=True)) / torch.sqrt(audio.var(1, keepdim=True, unbiased=False) + 1e-7)
+            variance = audio.var(1, keepdim=True, unbiased=False)
+            audio = (audio - audio.mean(1, keepdim=True)) / torch.sqrt(variance + 1e-7)
         return self.model(audio).last_hidden_state.mean(dim=1)
 
     def trim(self, keep: dict[str, torch.Tensor]) -> None:
         keep = self.validate_keep(keep)
-        convs = self._conv_layers()
-        for i, layer in enumerate(convs):
+        for i in range(len(self._conv_layers())):
             if f"conv{i}" in keep:
                 self._trim_conv(i, keep[f"conv{i}"])
         for i, layer in enumerate(self.model.encoder.layers):

