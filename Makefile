@@ -26,11 +26,11 @@ test: venv
 
 lab: venv
 	$(VENV)/bin/python -m ipykernel install --sys-prefix --name kwyn --display-name "kwyn (.venv)"
-	-$(VENV)/bin/nbstripout --install --attributes .gitattributes
+	$(VENV)/bin/nbstripout --install
 	$(RUN) jupyter lab notebooks
 
 # after changing the environment by hand: re-pin requirements.txt and environment.yml from it
 pins: venv
 	{ echo "# Pinned environment of kwyn (Python 3.11, CPU). Regenerate: make pins. tinysoundfont is in requirements-nodeps.txt."; \
-	  $(VENV)/bin/pip freeze --exclude-editable | grep -viE "^(tinysoundfont|kwyn)[= ]" | sort -f; } > requirements.txt
+	  $(VENV)/bin/pip list --format=freeze --exclude-editable | grep -viE "^(tinysoundfont|kwyn|pip|setuptools|wheel)==" | sort -f; } > requirements.txt
 	$(VENV)/bin/python scripts/write_environment_yml.py

@@ -20,7 +20,7 @@ class TaskModel(nn.Module):
 @torch.no_grad()
 def predict(model: nn.Module, dataset, batch_size: int = 32, indices=None, progress: bool = False) -> torch.Tensor:
     """Logits for `dataset[i]` (audio, label) over `indices` (all by default), in order."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     indices = list(range(len(dataset))) if indices is None else list(indices)
     chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]

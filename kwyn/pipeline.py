@@ -36,6 +36,18 @@ def metrics_path(name: str) -> Path:
     return root() / "metrics" / f"{name}.json"
 
 
+def default_experiment(name: str | None = None) -> str:
+    """`name`, or when None (a notebook opened as it is) the first `kwyn` experiment of params.yaml."""
+    if name is not None:
+        return name
+    experiments = load_params().experiments
+    return next((k for k, e in experiments.items() if e.method == "kwyn"), next(iter(experiments)))
+
+
+def default_dataset(name: str | None = None) -> str:
+    return name if name is not None else next(iter(load_params().datasets))
+
+
 def prepare(dataset: str) -> dict:
     from kwyn.data.prepare import prepare_nsynth_like
     from kwyn.data.soundfont import render_nsynth_like

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from kwyn.backbones import Backbone, load_backbone
 from kwyn.heads import MLPHead

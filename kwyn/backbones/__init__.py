@@ -9,6 +9,7 @@ from typing import Callable
 
 from kwyn.backbones.base import Backbone
 from kwyn.backbones.crepe import CrepeBackbone
+from kwyn.backbones.musicfm import MusicFMBackbone
 from kwyn.backbones.whisper import WhisperEncoderBackbone
 from kwyn.backbones.wav2vec2 import Wav2Vec2Backbone
 
@@ -17,6 +18,7 @@ FAMILIES: dict[str, type[Backbone]] = {
     CrepeBackbone.family: CrepeBackbone,
     WhisperEncoderBackbone.family: WhisperEncoderBackbone,
     Wav2Vec2Backbone.family: Wav2Vec2Backbone,
+    MusicFMBackbone.family: MusicFMBackbone,
 }
 
 # backbone name (params.yaml) -> (family, default config); pretrained weights are found by the family
@@ -35,6 +37,8 @@ BACKBONES: dict[str, tuple[str, dict]] = {
                                     "intermediate_size": 4096}),
     "hubert-base": ("wav2vec2", {"model_type": "hubert", "source": "facebook/hubert-base-ls960", "normalize": False}),
     "wavlm-base": ("wav2vec2", {"model_type": "wavlm", "source": "microsoft/wavlm-base", "normalize": False}),
+    # MusicFM 25 Hz (MSD weights, hub minzwon/MusicFM), built up to the paper's layer 7; defaults = released sizes
+    "musicfm": ("musicfm", {}),
 }
 
 

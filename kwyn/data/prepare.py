@@ -1,8 +1,17 @@
 """Prepare a split once: decode, resample, crop to a fixed clip, store as one float32 array.
 
 out_dir/<split>.npy  float32 [N, T], memory-mappable, so training never decodes audio again
-out_dir/<split>.csv  id, path, then one integer column per task (index into meta.json's labels)
+out_dir/<split>.csv  id, path, then one column per task: an index into meta.json's labels
+                     (+ a "length" column, valid samples before padding, when keep_lengths=True)
 out_dir/meta.json    sample_rate, clip_seconds, num_samples, tasks {task: [label names]}
+                     (+ task_kinds {task: kind} for tasks that are not single-label)
+
+Task kinds: "label" (default: one label name), "multilabel" (a list of label names, stored as
+";"-joined indices, e.g. "3;17", read back as a float multi-hot vector) and "text" (a transcript
+stored verbatim; its label set is the character vocabulary, read back as character indices).
+A text task keeps audio and transcript aligned: a clip longer than the crop is never cut but
+left out and listed as "too_long". Clips of any task whose crop is silent (peak below
+SILENCE_PEAK) are kept and listed as "silent", so a summary shows them.
 """
 from __future__ import annotations
 
@@ -19,37 +28,64 @@ from kwyn.audio import BadAudioError, crop_or_pad, read_audio
 from kwyn.data.nsynth import NSYNTH_FAMILIES, SPLITS, Example, read_nsynth_split
 from kwyn.io import atomic_path, read_json, write_json
 
+TASK_KINDS = ("label", "multilabel", "text")
+SILENCE_PEAK = 1e-4  # -80 dBFS: below one step of 8-bit audio, above float rounding noise
+
 
 def _decode(example: Example, sample_rate: int, length: int, offset: int):
+    """(clip [length], samples of audio after offset) or the BadAudioError."""
     try:
-        return crop_or_pad(read_audio(example.path, sample_rate), length, offset).numpy()
+        x = read_audio(example.path, sample_rate)
+        return crop_or_pad(x, length, offset).numpy(), max(0, x.shape[-1] - offset)
     except BadAudioError as e:
         return e  # handed back, so the caller decides in example order (deterministic)
 
 
+def _encode_label(kind: str, value, index: dict):
+    """The csv cell for one task's label, or None when it is not in the label set."""
+    if kind == "label":
+        try:
+            return index.get(value)
+        except TypeError:  # unhashable, e.g. a list given to a single-label task
+            return None
+    if kind == "multilabel":
+        if not isinstance(value, (list, tuple, set, frozenset)) or any(v not in index for v in value):
+            return None
+        return ";".join(str(i) for i in sorted({index[v] for v in value}))
+    return value if isinstance(value, str) and all(c in index for c in value) else None
+
+
 def prepare_split(examples: list[Example], out_dir, split: str, *, sample_rate: int, clip_seconds: float,
                   offset_seconds: float = 0.0, label_fields: dict[str, list], on_bad_audio: str = "error",
-                  workers: int = 1) -> dict:
-    """Write out_dir/<split>.npy and .csv; return {"split", "written", "skipped": [paths], "skip_reasons"}.
+                  workers: int = 1, task_kinds: dict[str, str] | None = None, keep_lengths: bool = False) -> dict:
+    """Write out_dir/<split>.npy and .csv; return {"split", "written", "skipped": [paths], "skip_reasons",
+    "silent": [paths], "too_long": [paths]}.
 
     on_bad_audio="error" stops at the first bad file (or label outside its label set);
     "skip" leaves it out and lists it. Outputs appear only when the whole split succeeded.
+    task_kinds maps a task to "multilabel" or "text" (default "label", see the module doc).
     """
     if on_bad_audio not in ("error", "skip"):
         raise ValueError(f"on_bad_audio must be 'error' or 'skip', got {on_bad_audio!r}")
+    kinds = {t: (task_kinds or {}).get(t, "label") for t in label_fields}
+    if unknown := {k for k in kinds.values() if k not in TASK_KINDS}:
+        raise ValueError(f"unknown task kind(s) {sorted(unknown)}; known: {TASK_KINDS}")
+    has_text = "text" in kinds.values()
     if not examples:
         raise ValueError(f"split {split!r} has no examples")
     out_dir = Path(out_dir)
     length, offset = round(clip_seconds * sample_rate), round(offset_seconds * sample_rate)
     index = {task: {label: i for i, label in enumerate(labels)} for task, labels in label_fields.items()}
     skip_reasons: dict[str, str] = {}
+    silent, too_long = [], []
 
     # labels first: cheap, and a wrong label set should fail before minutes of decoding
     labelled = []
     for ex in examples:
-        bad = [(t, ex.labels.get(t)) for t in label_fields if ex.labels.get(t) not in index[t]]
+        cells = {t: _encode_label(kinds[t], ex.labels.get(t), index[t]) for t in label_fields}
+        bad = [(t, ex.labels.get(t)) for t, cell in cells.items() if cell is None]
         if not bad:
-            labelled.append((ex, [index[t][ex.labels[t]] for t in label_fields]))
+            labelled.append((ex, list(cells.values())))
             continue
         reason = "; ".join(f"label {v!r} for task {t!r} is not in its label set" for t, v in bad)
         if on_bad_audio == "error":
@@ -75,11 +111,17 @@ def prepare_split(examples: list[Example], out_dir, split: str, *, sample_rate: 
                             raise clip
                         skip_reasons[clip.path] = clip.reason
                         continue
+                    clip, available = clip
+                    if has_text and available > length:
+                        too_long.append(str(ex.path))
+                        continue
+                    if np.abs(clip).max(initial=0.0) < SILENCE_PEAK:
+                        silent.append(str(ex.path))
                     full[len(rows)] = clip
-                    rows.append([ex.id, str(ex.path), *label_ids])
+                    rows.append([ex.id, str(ex.path), *label_ids] + ([min(available, length)] if keep_lengths else []))
         if not rows:
-            raise ValueError(f"split {split!r}: all {len(examples)} examples were skipped "
-                             f"(e.g. {next(iter(skip_reasons.items()))})")
+            example = next(iter(skip_reasons.items()), None) or (too_long[0], "longer than the clip")
+            raise ValueError(f"split {split!r}: all {len(examples)} examples were skipped (e.g. {example})")
         full.flush()
         if len(rows) == full.shape[0]:
             del full
@@ -92,20 +134,32 @@ def prepare_split(examples: list[Example], out_dir, split: str, *, sample_rate: 
             del kept, full
         with open(csv_tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["id", "path", *label_fields])
+            w.writerow(["id", "path", *label_fields] + (["length"] if keep_lengths else []))
             w.writerows(rows)
-    return {"split": split, "written": len(rows), "skipped": list(skip_reasons), "skip_reasons": skip_reasons}
+    return {"split": split, "written": len(rows), "skipped": list(skip_reasons), "skip_reasons": skip_reasons,
+            "silent": silent, "too_long": too_long}
 
 
-def write_meta(out_dir, *, sample_rate: int, clip_seconds: float, tasks: dict[str, list]) -> Path:
+def write_meta(out_dir, *, sample_rate: int, clip_seconds: float, tasks: dict[str, list],
+               task_kinds: dict[str, str] | None = None) -> Path:
     path = Path(out_dir) / "meta.json"
-    write_json(path, {"sample_rate": sample_rate, "clip_seconds": clip_seconds,
-                      "num_samples": round(clip_seconds * sample_rate), "tasks": tasks})
+    meta = {"sample_rate": sample_rate, "clip_seconds": clip_seconds,
+            "num_samples": round(clip_seconds * sample_rate), "tasks": tasks}
+    # only non-default kinds are written, so single-label meta.json files stay as they were
+    kinds = {t: k for t, k in (task_kinds or {}).items() if k != "label"}
+    if kinds:
+        meta["task_kinds"] = kinds
+    write_json(path, meta)
     return path
 
 
 class PreparedDataset(torch.utils.data.Dataset):
-    """(audio float32 [T], label int) pairs of one task from a prepared split."""
+    """(audio float32 [T], label) pairs of one task from a prepared split.
+
+    label: an int ("label" tasks), a float32 multi-hot tensor [num_classes] ("multilabel"),
+    or a long tensor of character indices ("text"; self.texts holds the transcripts).
+    self.lengths: valid samples per clip when the split was prepared with keep_lengths, else None.
+    """
 
     def __init__(self, root, split: str, task: str):
         self.root, self.split, self.task = Path(root), split, task
@@ -115,10 +169,22 @@ class PreparedDataset(torch.utils.data.Dataset):
         self.classes = list(meta["tasks"][task])
         self.num_classes = len(self.classes)
         self.sample_rate = meta["sample_rate"]
+        self.kind = meta.get("task_kinds", {}).get(task, "label")
         with open(self.root / f"{split}.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         self.ids = [r["id"] for r in rows]
-        self.labels = torch.tensor([int(r[task]) for r in rows], dtype=torch.long)
+        cells = [r[task] for r in rows]
+        if self.kind == "label":
+            self.labels = torch.tensor([int(c) for c in cells], dtype=torch.long)
+        elif self.kind == "multilabel":
+            self.labels = torch.zeros(len(cells), self.num_classes)
+            for i, c in enumerate(cells):
+                self.labels[i, [int(j) for j in c.split(";") if j]] = 1.0
+        else:
+            self.texts = cells
+            char_index = {ch: i for i, ch in enumerate(self.classes)}
+            self.labels = [torch.tensor([char_index[ch] for ch in c], dtype=torch.long) for c in cells]
+        self.lengths = torch.tensor([int(r["length"]) for r in rows]) if rows and "length" in rows[0] else None
         self._audio = None
         if len(self) != self.audio.shape[0]:
             raise ValueError(f"{self.root}/{split}.csv has {len(self)} rows but {split}.npy has "
@@ -138,7 +204,8 @@ class PreparedDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        return torch.from_numpy(np.array(self.audio[i])), int(self.labels[i])
+        label = int(self.labels[i]) if self.kind == "label" else self.labels[i]
+        return torch.from_numpy(np.array(self.audio[i])), label
 
 
 def prepare_nsynth_like(raw_root, out_dir, *, sample_rate: int = 16000, clip_seconds: float = 1.0,

