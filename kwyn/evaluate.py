@@ -7,7 +7,7 @@ import torch
 
 from kwyn import profile
 from kwyn.io import write_json
-from kwyn.metrics import classification_metrics
+from kwyn.metrics import task_type
 from kwyn.model import TaskModel, predict
 from kwyn.params import ResolvedExperiment
 from kwyn.train import frozen_backbone, load_trained
@@ -38,6 +38,7 @@ def evaluate_run(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | 
 
     torch.set_num_threads(exp.train.threads)
     test_set = PreparedDataset(data_root, "test", exp.task)
+    type_name, ttype = task_type(test_set, exp.name)
     masked, _, best = load_trained(exp, run_dir)
     trimmed = load_trimmed(model_dir)
     batch = exp.profile.eval_batch_size
@@ -59,9 +60,9 @@ def evaluate_run(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | 
         "t": exp.sparsity.t if exp.sparsity else None,
         "lambda": exp.sparsity.lambda_ if exp.sparsity else None,
         "selected_step": best["row"]["step"], "val_metric": best["row"]["val_metric"],
-        "metric": "weighted_accuracy",
-        "test": classification_metrics(trimmed_logits, test_set.labels, test_set.num_classes),
-        "test_masked": classification_metrics(masked_logits, test_set.labels, test_set.num_classes),
+        "task_type": type_name, "metric": ttype.primary,  # the primary metric: a key of "test"
+        "test": ttype.metrics(trimmed_logits, test_set.labels, test_set.num_classes),
+        "test_masked": ttype.metrics(masked_logits, test_set.labels, test_set.num_classes),
         "max_abs_diff_masked_vs_trimmed": max_abs_diff,
         "trim_ratio": 1 - trimmed_cost["params"] / full_cost["params"],
         "input_seconds": exp.profile.input_seconds, "profile_batch": exp.profile.batch,

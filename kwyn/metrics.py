@@ -16,14 +16,22 @@ ASR. WER and CER are corpus-level (jiwer): total substitutions + deletions + ins
 all utterances, divided by the total number of reference words (characters), so long
 utterances weigh more; not a mean of per-utterance rates. An empty hypothesis counts all its
 reference words as deletions.
+
+TASK_TYPES (end of file) ties each task type to its loss (kwyn.heads.task_loss), its metrics and
+its primary metric: train.py selects checkpoints by it, evaluate.py reports it, report.py tables it.
 """
 from __future__ import annotations
 
+import math
 import warnings
+from functools import partial
+from typing import Callable, NamedTuple
 
 import jiwer
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy, multilabel_auroc, multilabel_average_precision
+
+from kwyn.heads import task_loss
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
@@ -63,3 +71,37 @@ def asr_metrics(hypotheses: list[str], references: list[str]) -> dict:
         raise ValueError("asr_metrics needs at least one utterance")
     return {"wer": float(jiwer.wer(list(references), list(hypotheses))),
             "cer": float(jiwer.cer(list(references), list(hypotheses)))}
+
+
+class TaskType(NamedTuple):
+    """How one task type is trained and scored: loss(outputs, targets), metrics(outputs, targets, num_classes),
+    the primary metric (validation selection, tables) and whether higher is better."""
+    loss: Callable
+    metrics: Callable
+    primary: str
+    higher_is_better: bool = True
+
+    def better(self, value: float, than: float | None) -> bool:
+        """Whether `value` beats `than` (None: nothing yet); NaN (e.g. no positive label) never wins."""
+        if than is None or math.isnan(than):
+            return than is None or not math.isnan(value)
+        return value > than if self.higher_is_better else value < than
+
+
+TASK_TYPES = {
+    "classification": TaskType(partial(task_loss, "classification"), classification_metrics, "weighted_accuracy"),
+    "tagging": TaskType(partial(task_loss, "tagging"), lambda logits, targets, _: tagging_metrics(logits, targets),
+                        "mAP"),
+}
+# PreparedDataset.kind (how labels are stored) -> task type
+PREPARED_TASK_TYPES = {"label": "classification", "multilabel": "tagging", "text": "asr"}
+
+
+def task_type(dataset, experiment: str = "") -> tuple[str, TaskType]:
+    """(name, TaskType) of a PreparedDataset's task; ASR stops here until its training is wired."""
+    name = PREPARED_TASK_TYPES[dataset.kind]
+    if name not in TASK_TYPES:
+        raise NotImplementedError(f"{f'experiment {experiment!r}: ' if experiment else ''}task {dataset.task!r} "
+                                  f"of {dataset.root} is {name}: ASR training (BiLSTM-CTC "
+                                  "head, CTC loss, WER) is not wired into train/evaluate yet")
+    return name, TASK_TYPES[name]

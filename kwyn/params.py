@@ -6,14 +6,14 @@ with a message naming the key and the allowed values, not an hour later.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SPARSITY_LOSSES = ("paper", "authors_code")
 METHODS = ("base", "kwyn")
-DATASET_TASKS = {"soundfont_notes": ("pitch", "instrument_family")}
+TASK_TYPES = ("classification", "tagging", "asr")  # kwyn.metrics.TASK_TYPES trains and scores the first two
 
 
 class ParamsError(ValueError):
@@ -34,11 +34,21 @@ class _Strict(BaseModel):
         return data
 
 
-class SoundfontNotes(_Strict):
+class _Preparation(_Strict):
+    """Keys every dataset kind shares: how clips are decoded, resampled and cropped (kwyn.data.prepare)."""
+    TASKS: ClassVar[dict[str, str]] = {}  # task name -> task type (one of TASK_TYPES)
+    sample_rate: int = Field(16000, gt=0)
+    clip_seconds: float = Field(1.0, gt=0)
+    offset_seconds: float = Field(0.0, ge=0)
+    on_bad_audio: Literal["error", "skip"] = "error"
+    workers: int = Field(2, ge=1)
+
+
+class SoundfontNotes(_Preparation):
     """NSynth-like notes rendered from the General MIDI soundfont shipped with pretty_midi."""
+    TASKS: ClassVar[dict[str, str]] = {"pitch": "classification", "instrument_family": "classification"}
     kind: Literal["soundfont_notes"]
     seed: int = 0
-    sample_rate: int = Field(16000, gt=0)
     note_seconds: float = Field(1.0, gt=0)
     pitches: tuple[int, int] = (48, 84)
     velocities: list[int] = [100]
@@ -46,8 +56,6 @@ class SoundfontNotes(_Strict):
     split_per_family: tuple[int, int, int] = (6, 1, 1)
     clip_seconds: float = Field(0.064, gt=0)
     offset_seconds: float = Field(0.1, ge=0)
-    on_bad_audio: Literal["error", "skip"] = "error"
-    workers: int = Field(2, ge=1)
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -59,6 +67,112 @@ class SoundfontNotes(_Strict):
         if not 0 <= self.pitches[0] <= self.pitches[1] <= 127:
             raise ValueError(f"pitches must be [low, high] MIDI notes within 0..127, got {list(self.pitches)}")
         return self
+
+
+class SpokenCommands(_Preparation):
+    """Speech Commands-like words rendered offline with espeak-ng (kwyn.data.spoken_commands), split by voice.
+    Rendered as 1 s clips (Speech Commands' length); clip_seconds/offset_seconds then crop them."""
+    TASKS: ClassVar[dict[str, str]] = {"word": "classification"}
+    kind: Literal["spoken_commands"]
+    seed: int = 0
+    words: list[str] = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+    voices: Optional[list[str]] = None  # espeak-ng voices ("en-us+f3"); None: the module's 12 default voices
+    rates: list[int] = [140, 170, 200]
+    pitches: list[int] = [35, 50, 65]
+    noise_db: list[float] = [-30, -20]
+    split_per_voice: Optional[tuple[int, int, int]] = None  # voices for train/valid/test; None: about 4:1:1
+
+    @field_validator("words", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, words):
+        if isinstance(words, list) and any(isinstance(w, bool) for w in words):
+            raise ValueError("quote the words 'yes', 'no', 'on' and 'off': unquoted, YAML reads them as true/false")
+        return words
+
+
+class _Benchmark(_Preparation):
+    """One of the paper's benchmarks, read by kwyn.data.benchmarks from `root` with its official split.
+    download: true fetches it first (kwyn.data.download) into `root`, or data/<dataset>/raw without one.
+    Keys a kind adds beyond these (fold, pitches, top) go to its loader."""
+    root: Optional[str] = None  # relative paths are relative to the project root
+    download: bool = False
+
+    @model_validator(mode="after")
+    def _where(self):
+        if self.download and self.kind == "fluent_speech_commands":
+            raise ValueError("download: Fluent Speech Commands is licensed per user and cannot be downloaded; "
+                             "request it, unpack it and give its folder as 'root'")
+        if self.root is None and not self.download:
+            raise ValueError(f"root: required for kind {self.kind!r} (the folder holding the dataset), "
+                             "unless download: true")
+        return self
+
+    def loader_args(self) -> dict:
+        return self.model_dump(exclude={"kind", *_Benchmark.model_fields})
+
+
+class Esc50(_Benchmark):
+    TASKS: ClassVar[dict[str, str]] = {"category": "classification"}
+    kind: Literal["esc50"]
+    fold: int = Field(1, ge=1, le=5)  # the test fold; valid = the next one
+
+
+class UrbanSound8k(_Benchmark):
+    TASKS: ClassVar[dict[str, str]] = {"class": "classification"}
+    kind: Literal["urbansound8k"]
+    fold: int = Field(1, ge=1, le=10)
+
+
+class Fsd50k(_Benchmark):
+    TASKS: ClassVar[dict[str, str]] = {"labels": "tagging"}
+    kind: Literal["fsd50k"]
+
+
+class Gtzan(_Benchmark):
+    TASKS: ClassVar[dict[str, str]] = {"genre": "classification"}
+    kind: Literal["gtzan"]
+
+
+class MagnaTagATune(_Benchmark):
+    TASKS: ClassVar[dict[str, str]] = {"tags": "tagging"}
+    kind: Literal["magnatagatune"]
+    top: int = Field(50, ge=1, le=188)  # the most frequent tags kept
+
+
+class NSynth(_Benchmark):
+    TASKS: ClassVar[dict[str, str]] = {"pitch": "classification"}
+    kind: Literal["nsynth"]
+    pitches: tuple[int, int] = (9, 120)
+
+
+class SpeechCommandsV2(_Benchmark):
+    TASKS: ClassVar[dict[str, str]] = {"word": "classification"}
+    kind: Literal["speech_commands"]
+
+
+class FluentSpeechCommands(_Benchmark):
+    TASKS: ClassVar[dict[str, str]] = {"intent": "classification"}
+    kind: Literal["fluent_speech_commands"]
+
+
+class LibriSpeech(_Benchmark):
+    TASKS: ClassVar[dict[str, str]] = {"transcript": "asr"}
+    kind: Literal["librispeech"]
+
+
+class Custom(_Preparation):
+    """Bring your own data (kwyn.data.custom): `path` is a folder root/<split>/<class>/<file> (task label)
+    or a CSV with path, split and label (task label) or labels (";"-separated: task labels, tagging)."""
+    TASKS: ClassVar[dict[str, str]] = {"label": "classification", "labels": "tagging"}
+    kind: Literal["custom"]
+    path: str  # relative paths are relative to the project root
+
+
+DATASET_KINDS = {cls.model_fields["kind"].annotation.__args__[0]: cls for cls in (
+    SoundfontNotes, SpokenCommands, Esc50, UrbanSound8k, Fsd50k, Gtzan, MagnaTagATune, NSynth, SpeechCommandsV2,
+    FluentSpeechCommands, LibriSpeech, Custom)}
+Dataset = Annotated[Union[tuple(DATASET_KINDS.values())], Field(discriminator="kind")]
+DATASET_TASKS = {kind: tuple(cls.TASKS) for kind, cls in DATASET_KINDS.items()}
 
 
 class Train(_Strict):
@@ -123,7 +237,7 @@ class Experiment(_Strict):
 
 
 class Params(_Strict):
-    datasets: dict[str, SoundfontNotes]
+    datasets: dict[str, Dataset]
     train: Train = Train()
     profile: Profile = Profile()
     experiments: dict[str, Experiment]
@@ -140,9 +254,14 @@ class Params(_Strict):
                 raise ValueError(f"{where}.backbone: unknown backbone {exp.backbone!r}; known: {sorted(BACKBONES)}")
             if exp.dataset not in self.datasets:
                 raise ValueError(f"{where}.dataset: unknown dataset {exp.dataset!r}; defined: {sorted(self.datasets)}")
-            tasks = DATASET_TASKS[self.datasets[exp.dataset].kind]
-            if exp.task not in tasks:
-                raise ValueError(f"{where}.task: unknown task {exp.task!r} for {exp.dataset}; known: {list(tasks)}")
+            dataset = self.datasets[exp.dataset]
+            if exp.task not in dataset.TASKS:
+                raise ValueError(f"{where}.task: unknown task {exp.task!r} for {exp.dataset}; known: "
+                                 f"{list(dataset.TASKS)}")
+            if dataset.TASKS[exp.task] == "asr":
+                raise ValueError(f"{where}.task: {exp.task!r} of {exp.dataset} (kind {dataset.kind}) is an ASR task, "
+                                 f"and ASR training (BiLSTM-CTC head, CTC loss, WER) is not wired into the pipeline "
+                                 f"yet: experiment {name!r} cannot run; prepare-only use of the dataset is fine")
         return self
 
 
@@ -158,7 +277,10 @@ def project_root(start: str | Path | None = None) -> Path:
 def _format(error: ValidationError, source: str) -> str:
     lines = [f"invalid {source}:"]
     for e in error.errors():
-        where = ".".join(str(p) for p in e["loc"] if p != "lambda_") or "(top level)"
+        loc = [p for p in e["loc"] if p != "lambda_"]
+        if len(loc) > 2 and loc[0] == "datasets" and loc[2] in DATASET_KINDS:
+            del loc[2]  # the discriminated union's tag: datasets.<name>.<kind>.key -> datasets.<name>.key
+        where = ".".join(str(p) for p in loc) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         lines.append(f"  {where}: {msg}" + (f" (got {e['input']!r})" if e["type"] not in ("value_error", "missing") and not isinstance(e["input"], dict) else ""))
     return "\n".join(lines)
@@ -182,7 +304,7 @@ class ResolvedExperiment(BaseModel):
     backbone: str
     checkpoint: Optional[str]
     dataset: str
-    dataset_params: SoundfontNotes
+    dataset_params: Dataset
     task: str
     method: str
     sparsity: Optional[Sparsity]

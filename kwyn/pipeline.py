@@ -49,22 +49,47 @@ def default_dataset(name: str | None = None) -> str:
 
 
 def prepare(dataset: str) -> dict:
-    from kwyn.data.prepare import prepare_nsynth_like
-    from kwyn.data.soundfont import render_nsynth_like
+    """Render (offline kinds) or read (benchmarks, custom) dataset `dataset` of params.yaml, then write
+    data/<dataset>/prepared (meta.json + split arrays). Returns {"rendered": summary or None, "prepared":
+    {split: summary}}."""
+    from kwyn.data.benchmarks import load_benchmark, load_speech_commands, prepare_task
+    from kwyn.data.custom import load_custom
 
     params = load_params()
     if dataset not in params.datasets:
         raise KeyError(f"unknown dataset {dataset!r}; defined in params.yaml: {sorted(params.datasets)}")
     p = params.datasets[dataset]
-    rendered = render_nsynth_like(data_dir(dataset) / "raw", seed=p.seed, sample_rate=p.sample_rate,
-                                  note_seconds=p.note_seconds, pitches=tuple(p.pitches),
-                                  velocities=tuple(p.velocities), families=p.families,
-                                  split_per_family=tuple(p.split_per_family))
-    prepared = prepare_nsynth_like(data_dir(dataset) / "raw", data_dir(dataset) / "prepared",
-                                   sample_rate=p.sample_rate, clip_seconds=p.clip_seconds,
-                                   offset_seconds=p.offset_seconds, pitches=tuple(p.pitches),
-                                   on_bad_audio=p.on_bad_audio, workers=p.workers)
-    return {"rendered": rendered, "prepared": prepared}
+    raw, out = data_dir(dataset) / "raw", data_dir(dataset) / "prepared"
+    prep = dict(sample_rate=p.sample_rate, clip_seconds=p.clip_seconds, offset_seconds=p.offset_seconds,
+                on_bad_audio=p.on_bad_audio, workers=p.workers)
+    rendered = None
+    if p.kind == "soundfont_notes":
+        from kwyn.data.prepare import prepare_nsynth_like
+        from kwyn.data.soundfont import render_nsynth_like
+
+        rendered = render_nsynth_like(raw, seed=p.seed, sample_rate=p.sample_rate, note_seconds=p.note_seconds,
+                                      pitches=tuple(p.pitches), velocities=tuple(p.velocities), families=p.families,
+                                      split_per_family=tuple(p.split_per_family))
+        return {"rendered": rendered, "prepared": prepare_nsynth_like(raw, out, pitches=tuple(p.pitches), **prep)}
+    if p.kind == "spoken_commands":
+        from kwyn.data.spoken_commands import render_spoken_commands
+
+        rendered = render_spoken_commands(raw, seed=p.seed, words=p.words, voices=p.voices, rates=p.rates,
+                                          pitches=p.pitches, noise_db=p.noise_db, sample_rate=p.sample_rate,
+                                          split_per_voice=p.split_per_voice)
+        data = load_speech_commands(raw)
+    elif p.kind == "custom":
+        data = load_custom(root() / p.path, name=dataset)
+    else:  # a benchmark
+        where = root() / p.root if p.root else raw
+        if p.download:
+            from kwyn.data.download import fetch
+
+            where = fetch(p.kind, where)
+        data = load_benchmark(p.kind, where, **p.loader_args())
+    if data.task not in p.TASKS:  # the loaders and params.py's task declarations must agree
+        raise RuntimeError(f"{p.kind} gave task {data.task!r}, but params.py declares {list(p.TASKS)}")
+    return {"rendered": rendered, "prepared": prepare_task(data, out, **prep)}
 
 
 def train(name: str, **kwargs) -> dict:

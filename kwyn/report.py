@@ -1,4 +1,9 @@
-"""Tables and figures from the evaluation results (metrics/<experiment>.json)."""
+"""Tables and figures from the evaluation results (metrics/<experiment>.json).
+
+Each row is scored by its own primary metric (result["metric"]: weighted_accuracy for
+classification, mAP for tagging) in the `score` column; w_acc / macro_acc (classification) and
+roc_auc (tagging) are filled where they apply, NaN elsewhere.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +18,9 @@ import seaborn as sns  # noqa: E402
 from kwyn.io import atomic_path  # noqa: E402
 
 
+METRIC_LABELS = {"weighted_accuracy": "weighted accuracy", "mAP": "mAP"}
+
+
 def setting(result: dict) -> str:
     if result["method"] == "base":
         return "base"
@@ -20,25 +28,31 @@ def setting(result: dict) -> str:
 
 
 def results_frame(results: list[dict]) -> pd.DataFrame:
+    nan = float("nan")
     rows = [{"experiment": r["experiment"], "model": r["backbone"], "dataset": r["dataset"], "task": r["task"],
              "method": r["method"], "setting": setting(r), "trim_pct": 100 * r["trim_ratio"],
-             "w_acc": r["test"]["weighted_accuracy"], "macro_acc": r["test"]["macro_accuracy"],
-             "masked_w_acc": r["test_masked"]["weighted_accuracy"],
+             "metric": r["metric"], "score": r["test"][r["metric"]], "masked_score": r["test_masked"][r["metric"]],
+             "w_acc": r["test"].get("weighted_accuracy", nan), "macro_acc": r["test"].get("macro_accuracy", nan),
+             "roc_auc": r["test"].get("roc_auc", nan),
+             "masked_w_acc": r["test_masked"].get("weighted_accuracy", nan),
              "max_abs_diff": r["max_abs_diff_masked_vs_trimmed"],
              "params_m": r["params"] / 1e6, "size_mb": r["size_mb"], "gflops": r["gflops"], "gmacs": r["gmacs"],
              "latency_ms": r["latency_ms"], "full_latency_ms": r["full_latency_ms"], "speedup": r["speedup"],
              "flops_ratio": r["flops_ratio"], "input_seconds": r["input_seconds"], "threads": r["threads"]}
             for r in results]
     frame = pd.DataFrame(rows)
-    base = frame[frame.method == "base"].set_index(["model", "dataset", "task"])["w_acc"]
-    frame["base_w_acc"] = [base.get((m, d, t)) for m, d, t in zip(frame.model, frame.dataset, frame.task)]
+    base = frame[frame.method == "base"].set_index(["model", "dataset", "task"])
+    for column in ("score", "w_acc"):
+        frame[f"base_{column}"] = [base[column].get((m, d, t)) for m, d, t in zip(frame.model, frame.dataset,
+                                                                                    frame.task)]
     return frame.sort_values(["model", "dataset", "task", "trim_pct"]).reset_index(drop=True)
 
 
 def table1(frame: pd.DataFrame) -> pd.DataFrame:
     """Test metric per model/task at each trimming setting, next to the base model's."""
-    out = frame[["model", "dataset", "task", "setting", "trim_pct", "w_acc", "macro_acc", "base_w_acc"]].copy()
-    out["delta_vs_base"] = out.w_acc - out.base_w_acc
+    out = frame[["model", "dataset", "task", "setting", "trim_pct", "w_acc", "macro_acc", "base_w_acc", "metric",
+                 "score", "base_score", "roc_auc"]].copy()
+    out["delta_vs_base"] = out.score - out.base_score  # in the row's own metric (= w_acc - base_w_acc for w-acc)
     return out
 
 
@@ -60,14 +74,15 @@ def plot_metric_vs_trimming(frame: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
     for ax, ((model, dataset, task), g) in zip(axes[0], groups):
         trimmed = g[g.method != "base"].sort_values("trim_pct")
-        ax.plot(trimmed.trim_pct, trimmed.w_acc, "o-", label="kwyn (masks trained, then trimmed)")
+        ax.plot(trimmed.trim_pct, trimmed.score, "o-", label="kwyn (masks trained, then trimmed)")
         for _, row in trimmed.iterrows():
-            ax.annotate(row.setting.removeprefix("kwyn "), (row.trim_pct, row.w_acc), textcoords="offset points",
+            ax.annotate(row.setting.removeprefix("kwyn "), (row.trim_pct, row.score), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
         for _, row in g[g.method == "base"].iterrows():
-            ax.axhline(row.w_acc, color="grey", ls="--", label="base (frozen encoder + head)")
+            ax.axhline(row.score, color="grey", ls="--", label="base (frozen encoder + head)")
+        metrics = " / ".join(METRIC_LABELS.get(m, m) for m in dict.fromkeys(g.metric))
         ax.set(title=f"{model} / {dataset} {task}", xlabel="encoder parameters removed (%)",
-               ylabel="test weighted accuracy", xlim=(-2, 100))
+               ylabel=f"test {metrics}", xlim=(-2, 100))
         ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -93,8 +108,10 @@ def write_all(results: list[dict], tables_dir: Path, figures_dir: Path) -> dict:
     frame = results_frame(results)
     lengths = sorted({f"{s:g} s" for s in frame.input_seconds})
     t1, t2 = table1(frame), table2(frame)
-    _write_table(t1, Path(tables_dir) / "table1", "Table 1: test weighted accuracy (= accuracy) per trimming setting; "
-                 "trim_pct = share of encoder parameters removed; delta_vs_base = w_acc - base w_acc.")
+    _write_table(t1, Path(tables_dir) / "table1", "Table 1: test metric per trimming setting; score = the row's "
+                 "primary metric (column metric: weighted_accuracy (= accuracy) for classification, mAP for tagging); "
+                 "w_acc, macro_acc (classification) and roc_auc (tagging) where they apply; trim_pct = share of "
+                 "encoder parameters removed; delta_vs_base = score - base score.")
     _write_table(t2, Path(tables_dir) / "table2", f"Table 2: encoder cost at {', '.join(lengths)} of input, batch 1; "
                  "size = params x 4 bytes (MB = 10^6 B); FLOPs by torch.utils.flop_counter (GMACs = GFLOPs / 2); "
                  "speed-up = median latency of the full encoder / trimmed encoder, alternated in one process.")

@@ -9,6 +9,9 @@ A run directory holds:
   best.pt         head + masks at the best validation metric (from `select_after` on)
   history.csv     one row per validation: losses, metric, trimming ratio, kept units
   summary.json    written last: what was selected and how long it took
+
+The task type (classification, tagging) comes from the prepared dataset; its loss and its
+primary validation metric come from kwyn.metrics.TASK_TYPES.
 """
 from __future__ import annotations
 
@@ -21,14 +24,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from kwyn.backbones import Backbone, load_backbone
 from kwyn.heads import MLPHead
 from kwyn.io import atomic_path, write_json
 from kwyn.masks import MaskSet, sparsity_loss
-from kwyn.metrics import classification_metrics
+from kwyn.metrics import task_type
 from kwyn.model import TaskModel, predict
 from kwyn.params import ResolvedExperiment
 
@@ -69,6 +71,7 @@ def train(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, *
     torch.manual_seed(cfg.seed)
     train_set = PreparedDataset(data_root, "train", exp.task)
     valid_set = PreparedDataset(data_root, "valid", exp.task)
+    type_name, ttype = task_type(train_set, exp.name)
 
     backbone = frozen_backbone(exp)
     head = MLPHead(backbone.embedding_dim, train_set.num_classes)
@@ -115,7 +118,7 @@ def train(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, *
         labels = train_set.labels[batch]
         with torch.set_grad_enabled(masks is not None):
             embedding = backbone.embed(audio)
-        task_loss = F.cross_entropy(head(embedding), labels)
+        task_loss = ttype.loss(head(embedding), labels)
         loss, s_loss = task_loss, torch.zeros(())
         if masks is not None:
             s_loss = sparsity_loss(exp.sparsity.loss, masks.logits(), exp.sparsity.t)
@@ -126,15 +129,14 @@ def train(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, *
         state["step"] = done = step + 1
 
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            metrics = classification_metrics(predict(model, valid_set, 32, val_indices), val_labels,
-                                              valid_set.num_classes)
+            metrics = ttype.metrics(predict(model, valid_set, 32, val_indices), val_labels, valid_set.num_classes)
             row = {"step": done, "loss": loss.item(), "task_loss": task_loss.item(),
-                   "sparsity_loss": s_loss.item(), "val_metric": metrics["weighted_accuracy"],
+                   "sparsity_loss": s_loss.item(), "val_metric": metrics[ttype.primary],
                    "trim_ratio": trimming_ratio(backbone, masks) if masks is not None else 0.0,
                    "kept_units": masks.kept_count if masks is not None else None}
             state["history"].append(row)
             bar.set_postfix(val=f"{row['val_metric']:.3f}", trim=f"{row['trim_ratio']:.2f}")
-            if done >= select_from and (state["best"] is None or row["val_metric"] > state["best"]["val_metric"]):
+            if done >= select_from and ttype.better(row["val_metric"], (state["best"] or {}).get("val_metric")):
                 state["best"] = row
                 _save({"head": head.state_dict(), "head_config": head.config,
                        "masks": masks.state_dict() if masks is not None else None,
@@ -150,7 +152,8 @@ def train(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, *
             on_step(done)
 
     _write_history(state["history"], run_dir / "history.csv")
-    summary = {"experiment": exp.name, "method": exp.method, "steps": cfg.steps,
+    summary = {"experiment": exp.name, "method": exp.method, "task_type": type_name, "metric": ttype.primary,
+               "steps": cfg.steps,
                "train_seconds": round(time.perf_counter() - started, 1), "selected": state["best"],
                "fingerprint": fingerprint(exp)}
     write_json(run_dir / "summary.json", summary)

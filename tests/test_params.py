@@ -21,6 +21,15 @@ def first_kwyn(raw):
     return next(e for e in raw["experiments"].values() if e["method"] == "kwyn")
 
 
+def with_dataset(dataset: dict, task: str | None = None):
+    """An edit adding datasets.d (and, given a task, pointing the first kwyn experiment at it)."""
+    def edit(raw):
+        raw["datasets"]["d"] = dataset
+        if task is not None:
+            first_kwyn(raw).update(dataset="d", task=task)
+    return edit
+
+
 def test_the_shipped_params_are_valid():
     params = load_params(ROOT / "params.yaml")
     assert params.experiments and all(e.dataset in params.datasets for e in params.experiments.values())
@@ -38,10 +47,55 @@ def test_the_shipped_params_are_valid():
     (lambda r: first_kwyn(r).update(method="prune"), r"method: Input should be 'base' or 'kwyn'"),
     (lambda r: first_kwyn(r).pop("sparsity"), r"method 'kwyn' needs a 'sparsity' block"),
     (lambda r: r["datasets"]["notes"].update(on_bad_audio="ignore"), r"on_bad_audio: Input should be 'error' or 'skip'"),
+    # the other dataset kinds
+    (lambda r: r["datasets"]["notes"].update(kind="esc51"),
+     r"datasets.notes: Input tag 'esc51' found using 'kind' does not match any of the expected tags: "
+     r"'soundfont_notes', 'spoken_commands', 'esc50', .*'custom'"),
+    (with_dataset({"kind": "esc50"}), r"datasets.d: root: required for kind 'esc50' .*unless download: true"),
+    (with_dataset({"kind": "esc50", "root": "x", "fold": 6}), r"datasets.d.fold: Input should be less than or equal to 5"),
+    (with_dataset({"kind": "urbansound8k", "root": "x", "fold": 0}),
+     r"datasets.d.fold: Input should be greater than or equal to 1"),
+    (with_dataset({"kind": "esc50", "root": "x", "flod": 2}),
+     r"datasets.d: unknown key\(s\) \['flod'\]; allowed keys: \[.*'fold'"),
+    (with_dataset({"kind": "gtzan", "root": "x", "fold": 2}), r"datasets.d: unknown key\(s\) \['fold'\]"),
+    (with_dataset({"kind": "fluent_speech_commands", "download": True}),
+     r"datasets.d: download: Fluent Speech Commands is licensed per user"),
+    (with_dataset({"kind": "custom"}), r"datasets.d.path: Field required"),
+    (with_dataset({"kind": "fsd50k", "root": "x", "on_bad_audio": "drop"}),
+     r"datasets.d.on_bad_audio: Input should be 'error' or 'skip'"),
+    (with_dataset({"kind": "spoken_commands", "words": [True, "go"]}), r"datasets.d.words: quote the words 'yes'"),
+    (with_dataset({"kind": "esc50", "root": "x"}, task="pitch"), r"task: unknown task 'pitch' for d; known: \['category'\]"),
+    (with_dataset({"kind": "magnatagatune", "download": True}, task="genre"),
+     r"task: unknown task 'genre' for d; known: \['tags'\]"),
+    (with_dataset({"kind": "librispeech", "root": "x"}, task="transcript"),
+     r"experiments.crepe_pitch_kwyn_l1.task: 'transcript' of d \(kind librispeech\) is an ASR task, and ASR "
+     r"training .* is not wired into the pipeline yet: experiment 'crepe_pitch_kwyn_l1' cannot run"),
 ])
 def test_bad_params_name_the_key_and_allowed_values(edit, expected):
     with pytest.raises(ParamsError, match=expected):
         validate(broken(edit))
+
+
+def test_every_kind_validates_with_its_tasks():
+    raw = copy.deepcopy(DEFAULT)
+    raw["datasets"].update({
+        "esc50_fold3": {"kind": "esc50", "root": "data_in/esc50", "fold": 3, "clip_seconds": 5.0},
+        "us8k": {"kind": "urbansound8k", "download": True, "fold": 10},
+        "fsd": {"kind": "fsd50k", "root": "/x"}, "gtzan": {"kind": "gtzan", "root": "/x"},
+        "mtt": {"kind": "magnatagatune", "root": "/x", "top": 10}, "nsynth": {"kind": "nsynth", "root": "/x"},
+        "sc": {"kind": "speech_commands", "download": True}, "fsc": {"kind": "fluent_speech_commands", "root": "/x"},
+        "libri": {"kind": "librispeech", "root": "/x"}, "mine": {"kind": "custom", "path": "x.csv"},
+        "words": {"kind": "spoken_commands", "words": ["yes", "go"], "split_per_voice": [2, 1, 1]}})
+    tasks = {"esc50_fold3": "category", "us8k": "class", "fsd": "labels", "gtzan": "genre", "mtt": "tags",
+             "nsynth": "pitch", "sc": "word", "fsc": "intent", "mine": "labels", "words": "word"}
+    for dataset, task in tasks.items():
+        raw["experiments"][f"e_{dataset}"] = {"backbone": "crepe-tiny", "dataset": dataset, "task": task,
+                                              "method": "base"}
+    params = validate(raw)
+    assert params.datasets["esc50_fold3"].loader_args() == {"fold": 3}
+    assert params.datasets["mtt"].loader_args() == {"top": 10}
+    assert params.datasets["fsd"].TASKS == {"labels": "tagging"}
+    assert experiment("e_mine", params).dataset_params.path == "x.csv"
 
 
 def test_experiment_merges_its_train_overrides():

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from kwyn.backbones.base import Backbone
+from kwyn.backbones.cnn14 import Cnn14Backbone
 from kwyn.backbones.crepe import CrepeBackbone
 from kwyn.backbones.musicfm import MusicFMBackbone
 from kwyn.backbones.whisper import WhisperEncoderBackbone
@@ -19,6 +20,7 @@ FAMILIES: dict[str, type[Backbone]] = {
     WhisperEncoderBackbone.family: WhisperEncoderBackbone,
     Wav2Vec2Backbone.family: Wav2Vec2Backbone,
     MusicFMBackbone.family: MusicFMBackbone,
+    Cnn14Backbone.family: Cnn14Backbone,
 }
 
 # backbone name (params.yaml) -> (family, default config); pretrained weights are found by the family
@@ -39,6 +41,10 @@ BACKBONES: dict[str, tuple[str, dict]] = {
     "wavlm-base": ("wav2vec2", {"model_type": "wavlm", "source": "microsoft/wavlm-base", "normalize": False}),
     # MusicFM 25 Hz (MSD weights, hub minzwon/MusicFM), built up to the paper's layer 7; defaults = released sizes
     "musicfm": ("musicfm", {}),
+    # CLAP's CNN14 audio encoder + projection: msclap 2022 (the paper's; hub microsoft/msclap) or a LAION-CLAP
+    # PANN-14 checkpoint file (no default download)
+    "clap-cnn14": ("cnn14", {"kind": "msclap"}),
+    "laion-clap-cnn14": ("cnn14", {"kind": "laion"}),
 }
 
 
