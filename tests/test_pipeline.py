@@ -83,3 +83,18 @@ def test_source_notebooks_are_output_free_and_parameterised():
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
         if path.name != "05_report.ipynb":
             assert any("parameters" in c.metadata.get("tags", []) for c in code), f"{path.name}: no parameters cell"
+
+
+@pytest.mark.slow
+def test_notebooks_run_top_to_bottom_as_they_are(repo):
+    """Opened in JupyterLab, with no papermill: the parameters cell's None picks params.yaml's first experiment."""
+    from nbclient import NotebookClient
+
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(steps=6), sort_keys=False))
+    for name in ["03_trim", "04_evaluate", "05_report"]:
+        book = nbformat.read(repo / "notebooks" / f"{name}.ipynb", as_version=4)
+        NotebookClient(book, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(repo / "notebooks")}}).execute()
+        assert not any(o.get("output_type") == "error" for c in book.cells for o in c.get("outputs", []))
+    evaluated = json.loads((repo / "metrics" / "tiny_kwyn.json").read_text())
+    assert evaluated["experiment"] == "tiny_kwyn"
