@@ -2,12 +2,13 @@
 
 - size_mb: parameters x 4 bytes (fp32), in MB (10^6 bytes), as the paper's Table II.
 - FLOPs from torch.utils.flop_counter.FlopCounterMode (counted at the dispatcher; FLOPs = 2 x MACs),
-  always with the input length they were measured at.
+  always with the input length they were measured at, attention counted (see eager_attention).
 - latency: median over `repeats` runs after `warmup` runs, a fixed thread count, and the models
   alternated run by run in one process so that machine noise hits them alike.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -24,10 +25,30 @@ def size_mb(model: nn.Module) -> float:
     return param_count(model) * 4 / 1e6
 
 
+@contextlib.contextmanager
+def eager_attention(model: nn.Module):
+    """Route transformers attention through its eager path while counting.
+
+    The CPU kernels behind scaled_dot_product_attention have no FLOP formula, so with the default
+    ("sdpa") the attention matmuls would go uncounted; eager attention computes the same thing
+    with plain matmuls, which are counted.
+    """
+    configs = {id(m.config): m.config for m in model.modules()
+               if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    before = {key: config._attn_implementation for key, config in configs.items()}
+    try:
+        for config in configs.values():
+            config._attn_implementation = "eager"
+        yield
+    finally:
+        for key, config in configs.items():
+            config._attn_implementation = before[key]
+
+
 @torch.no_grad()
 def flops(model: nn.Module, example: torch.Tensor) -> int:
     counter = FlopCounterMode(display=False)
-    with counter:
+    with eager_attention(model), counter:
         model(example)
     return int(counter.get_total_flops())
 

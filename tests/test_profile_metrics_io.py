@@ -48,3 +48,28 @@ def test_atomic_path_leaves_nothing_when_interrupted(tmp_path):
             tmp.write_text("new but unfinished")
             raise RuntimeError("killed")
     assert target.read_text().strip().startswith("{") and len(list(tmp_path.iterdir())) == 1
+
+
+class _Layer(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        out = self.layer(x, attention_mask=None)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def test_attention_matmuls_are_counted():
+    """sdpa's CPU kernels have no FLOP formula: counting must go through eager attention."""
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
+
+    config = WhisperConfig(d_model=16, encoder_attention_heads=2, encoder_ffn_dim=32)
+    config._attn_implementation = "sdpa"
+    layer = WhisperEncoderLayer(config).eval()
+    counted = profile.flops(_Layer(layer), torch.randn(1, 10, 16))
+    linear = 2 * 10 * 16 * 16 * 4 + 2 * 10 * 16 * 32 * 2  # q, k, v, out projections + two FFN layers
+    attention = 2 * 2 * (10 * 10 * 8) * 2  # QK^T and AV: 2 heads of size 8, 10 x 10 positions
+    assert counted == linear + attention
+    assert config._attn_implementation == "sdpa"  # restored after counting
