@@ -1,4 +1,9 @@
-"""Trim a trained run and evaluate base / masked / trimmed models on the test split."""
+"""Trim a trained run and evaluate base / masked / trimmed models on the test split.
+
+The result holds the task's metrics for the trimmed ("test") and the masked ("test_masked")
+model, the largest |difference| of their outputs (logits, or CTC log-probs for ASR) and, for
+ASR, how many test utterances the two decode differently (differing_decodes, expected 0).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +13,7 @@ import torch
 from kwyn import profile
 from kwyn.io import write_json
 from kwyn.metrics import task_type
-from kwyn.model import TaskModel, predict
+from kwyn.model import max_abs_diff, predict, task_model
 from kwyn.params import ResolvedExperiment
 from kwyn.train import frozen_backbone, load_trained
 from kwyn.trim import load_trimmed, save_trimmed, trim_model
@@ -24,7 +29,7 @@ def trim_run(exp: ResolvedExperiment, run_dir: str | Path, out_dir: str | Path) 
     base_config = dict(backbone.config)
     # a fresh backbone without hooks: trimming must not inherit the masks' forward hooks
     plain = frozen_backbone(exp)
-    trimmed = TaskModel(trim_model(plain, kept), model.head)
+    trimmed = task_model(trim_model(plain, kept), model.head)
     metadata = {"experiment": exp.name, "backbone": exp.backbone, "dataset": exp.dataset, "task": exp.task,
                 "method": exp.method, "selected_step": best["row"]["step"],
                 "trim_ratio": 1 - profile.param_count(plain) / profile.param_count(backbone)}
@@ -42,9 +47,9 @@ def evaluate_run(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | 
     masked, _, best = load_trained(exp, run_dir)
     trimmed = load_trimmed(model_dir)
     batch = exp.profile.eval_batch_size
-    masked_logits = predict(masked, test_set, batch, progress=progress)
-    trimmed_logits = predict(trimmed, test_set, batch, progress=progress)
-    max_abs_diff = float((masked_logits - trimmed_logits).abs().max()) if len(test_set) else 0.0
+    # logits (classification, tagging) or per-utterance log-probs (asr)
+    masked_out = predict(masked, test_set, batch, progress=progress)
+    trimmed_out = predict(trimmed, test_set, batch, progress=progress)
 
     # cost is the encoder's (the head is the same small MLP for every method)
     full = frozen_backbone(exp)
@@ -61,9 +66,12 @@ def evaluate_run(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | 
         "lambda": exp.sparsity.lambda_ if exp.sparsity else None,
         "selected_step": best["row"]["step"], "val_metric": best["row"]["val_metric"],
         "task_type": type_name, "metric": ttype.primary,  # the primary metric: a key of "test"
-        "test": ttype.metrics(trimmed_logits, test_set.labels, test_set.num_classes),
-        "test_masked": ttype.metrics(masked_logits, test_set.labels, test_set.num_classes),
-        "max_abs_diff_masked_vs_trimmed": max_abs_diff,
+        "higher_is_better": ttype.higher_is_better,
+        "test": ttype.score(trimmed_out, test_set),
+        "test_masked": ttype.score(masked_out, test_set),
+        "max_abs_diff_masked_vs_trimmed": max_abs_diff(masked_out, trimmed_out),
+        # asr: differing_decodes, the test utterances whose greedy decodes differ (0 when trimming is exact)
+        **ttype.agreement(masked_out, trimmed_out, ttype.context(test_set)),
         "trim_ratio": 1 - trimmed_cost["params"] / full_cost["params"],
         "input_seconds": exp.profile.input_seconds, "profile_batch": exp.profile.batch,
         "threads": exp.profile.threads,

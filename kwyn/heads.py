@@ -27,14 +27,26 @@ class BiLSTMCTCHead(nn.Module):
 
     vocab_size counts the characters only (len(CharVocabulary)); the head outputs vocab_size + 1
     classes, class 0 being the blank. forward(x (B, T, D), lengths (B,)) -> log-probs (B, T, C).
+    vocab (the characters, in index order 1..vocab_size) is kept in the config, so a saved head
+    decodes its own outputs (`vocabulary`).
     """
 
-    def __init__(self, in_dim: int, vocab_size: int, hidden: int = 256, layers: int = 2):
+    def __init__(self, in_dim: int, vocab_size: int, hidden: int = 256, layers: int = 2, vocab=None):
         super().__init__()
+        if vocab is not None and len(vocab) != vocab_size:
+            raise ValueError(f"vocab has {len(vocab)} characters but vocab_size is {vocab_size}")
         self.lstm = nn.LSTM(in_dim, hidden, num_layers=layers, batch_first=True, bidirectional=True)
         self.out = nn.Linear(2 * hidden, vocab_size + 1)
         self.config = {"kind": "bilstm_ctc", "in_dim": in_dim, "vocab_size": vocab_size, "hidden": hidden,
                        "layers": layers}
+        if vocab is not None:
+            self.config["vocab"] = list(vocab)
+
+    @property
+    def vocabulary(self) -> "CharVocabulary":
+        if "vocab" not in self.config:
+            raise ValueError("this BiLSTMCTCHead was built without its vocabulary")
+        return CharVocabulary(self.config["vocab"])
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         batch, time, _ = x.shape

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SPARSITY_LOSSES = ("paper", "authors_code")
 METHODS = ("base", "kwyn")
-TASK_TYPES = ("classification", "tagging", "asr")  # kwyn.metrics.TASK_TYPES trains and scores the first two
+TASK_TYPES = ("classification", "tagging", "asr")  # kwyn.metrics.TASK_TYPES trains and scores each
 
 
 class ParamsError(ValueError):
@@ -162,8 +162,9 @@ class LibriSpeech(_Benchmark):
 
 class Custom(_Preparation):
     """Bring your own data (kwyn.data.custom): `path` is a folder root/<split>/<class>/<file> (task label)
-    or a CSV with path, split and label (task label) or labels (";"-separated: task labels, tagging)."""
-    TASKS: ClassVar[dict[str, str]] = {"label": "classification", "labels": "tagging"}
+    or a CSV with path, split and label (task label) or labels (";"-separated: task labels, tagging)
+    or transcript (task transcript, ASR)."""
+    TASKS: ClassVar[dict[str, str]] = {"label": "classification", "labels": "tagging", "transcript": "asr"}
     kind: Literal["custom"]
     path: str  # relative paths are relative to the project root
 
@@ -259,9 +260,12 @@ class Params(_Strict):
                 raise ValueError(f"{where}.task: unknown task {exp.task!r} for {exp.dataset}; known: "
                                  f"{list(dataset.TASKS)}")
             if dataset.TASKS[exp.task] == "asr":
-                raise ValueError(f"{where}.task: {exp.task!r} of {exp.dataset} (kind {dataset.kind}) is an ASR task, "
-                                 f"and ASR training (BiLSTM-CTC head, CTC loss, WER) is not wired into the pipeline "
-                                 f"yet: experiment {name!r} cannot run; prepare-only use of the dataset is fine")
+                from kwyn.backbones import FAMILIES
+
+                if not FAMILIES[BACKBONES[exp.backbone][0]].has_sequence():
+                    raise ValueError(f"{where}.backbone: {exp.backbone!r} gives no frame sequence (it pools time away), "
+                                     f"so it cannot serve the ASR task {exp.task!r} of {exp.dataset}; use a backbone "
+                                     f"with frames (wav2vec2/HuBERT/WavLM, Whisper encoder, MusicFM, CREPE)")
         return self
 
 

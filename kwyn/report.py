@@ -1,8 +1,10 @@
 """Tables and figures from the evaluation results (metrics/<experiment>.json).
 
 Each row is scored by its own primary metric (result["metric"]: weighted_accuracy for
-classification, mAP for tagging) in the `score` column; w_acc / macro_acc (classification) and
-roc_auc (tagging) are filled where they apply, NaN elsewhere.
+classification, mAP for tagging, wer for ASR) in the `score` column; w_acc / macro_acc
+(classification), roc_auc (tagging) and cer (ASR) are filled where they apply, NaN elsewhere.
+`higher_is_better` gives each metric's direction (WER: lower is better), and delta_vs_base is
+signed by it: positive = better than the base model, whatever the metric.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import seaborn as sns  # noqa: E402
 from kwyn.io import atomic_path  # noqa: E402
 
 
-METRIC_LABELS = {"weighted_accuracy": "weighted accuracy", "mAP": "mAP"}
+METRIC_LABELS = {"weighted_accuracy": "weighted accuracy", "mAP": "mAP", "wer": "WER (lower is better)"}
 
 
 def setting(result: dict) -> str:
@@ -33,7 +35,8 @@ def results_frame(results: list[dict]) -> pd.DataFrame:
              "method": r["method"], "setting": setting(r), "trim_pct": 100 * r["trim_ratio"],
              "metric": r["metric"], "score": r["test"][r["metric"]], "masked_score": r["test_masked"][r["metric"]],
              "w_acc": r["test"].get("weighted_accuracy", nan), "macro_acc": r["test"].get("macro_accuracy", nan),
-             "roc_auc": r["test"].get("roc_auc", nan),
+             "roc_auc": r["test"].get("roc_auc", nan), "cer": r["test"].get("cer", nan),
+             "higher_is_better": r.get("higher_is_better", True),  # results written before ASR: both higher
              "masked_w_acc": r["test_masked"].get("weighted_accuracy", nan),
              "max_abs_diff": r["max_abs_diff_masked_vs_trimmed"],
              "params_m": r["params"] / 1e6, "size_mb": r["size_mb"], "gflops": r["gflops"], "gmacs": r["gmacs"],
@@ -51,8 +54,10 @@ def results_frame(results: list[dict]) -> pd.DataFrame:
 def table1(frame: pd.DataFrame) -> pd.DataFrame:
     """Test metric per model/task at each trimming setting, next to the base model's."""
     out = frame[["model", "dataset", "task", "setting", "trim_pct", "w_acc", "macro_acc", "base_w_acc", "metric",
-                 "score", "base_score", "roc_auc"]].copy()
-    out["delta_vs_base"] = out.score - out.base_score  # in the row's own metric (= w_acc - base_w_acc for w-acc)
+                 "score", "base_score", "roc_auc", "cer", "higher_is_better"]].copy()
+    # in the row's own metric, signed so that positive = better (= w_acc - base_w_acc for w-acc, base - score for WER)
+    sign = out.higher_is_better.map({True: 1.0, False: -1.0})
+    out["delta_vs_base"] = sign * (out.score - out.base_score)
     return out
 
 
@@ -109,9 +114,11 @@ def write_all(results: list[dict], tables_dir: Path, figures_dir: Path) -> dict:
     lengths = sorted({f"{s:g} s" for s in frame.input_seconds})
     t1, t2 = table1(frame), table2(frame)
     _write_table(t1, Path(tables_dir) / "table1", "Table 1: test metric per trimming setting; score = the row's "
-                 "primary metric (column metric: weighted_accuracy (= accuracy) for classification, mAP for tagging); "
-                 "w_acc, macro_acc (classification) and roc_auc (tagging) where they apply; trim_pct = share of "
-                 "encoder parameters removed; delta_vs_base = score - base score.")
+                 "primary metric (column metric: weighted_accuracy (= accuracy) for classification, mAP for tagging, "
+                 "wer for ASR; higher_is_better gives its direction); w_acc, macro_acc (classification), roc_auc "
+                 "(tagging) and cer (ASR) where they apply; trim_pct = share of encoder parameters removed; "
+                 "delta_vs_base = improvement over the base score (score - base, or base - score where lower is "
+                 "better).")
     _write_table(t2, Path(tables_dir) / "table2", f"Table 2: encoder cost at {', '.join(lengths)} of input, batch 1; "
                  "size = params x 4 bytes (MB = 10^6 B); FLOPs by torch.utils.flop_counter (GMACs = GFLOPs / 2); "
                  "speed-up = median latency of the full encoder / trimmed encoder, alternated in one process.")

@@ -10,8 +10,10 @@ A run directory holds:
   history.csv     one row per validation: losses, metric, trimming ratio, kept units
   summary.json    written last: what was selected and how long it took
 
-The task type (classification, tagging) comes from the prepared dataset; its loss and its
-primary validation metric come from kwyn.metrics.TASK_TYPES.
+The task type (classification, tagging, asr) comes from the prepared dataset; its head, how a
+batch is collated, its loss and its primary validation metric (with its direction: WER is
+better lower) come from kwyn.metrics.TASK_TYPES, so this loop knows no task either. ASR feeds
+the backbone's frame sequence (Backbone.sequence) to a BiLSTM-CTC head (kwyn.model.AsrModel).
 """
 from __future__ import annotations
 
@@ -27,11 +29,11 @@ import torch
 from tqdm import tqdm
 
 from kwyn.backbones import Backbone, load_backbone
-from kwyn.heads import MLPHead
+from kwyn.heads import build_head
 from kwyn.io import atomic_path, write_json
 from kwyn.masks import MaskSet, sparsity_loss
 from kwyn.metrics import task_type
-from kwyn.model import TaskModel, predict
+from kwyn.model import TaskModel, predict, task_model
 from kwyn.params import ResolvedExperiment
 
 
@@ -52,6 +54,10 @@ def frozen_backbone(exp: ResolvedExperiment) -> Backbone:
         raise ValueError(f"{exp.backbone} runs at {backbone.sample_rate} Hz but dataset {exp.dataset} is prepared at "
                          f"{exp.dataset_params.sample_rate} Hz: set datasets.{exp.dataset}.sample_rate to "
                          f"{backbone.sample_rate}")
+    from kwyn.params import DATASET_KINDS
+
+    if DATASET_KINDS[exp.dataset_params.kind].TASKS.get(exp.task) == "asr" and not backbone.has_sequence():
+        raise ValueError(f"{exp.backbone} gives no frame sequence, so it cannot serve the ASR task {exp.task!r}")
     return backbone.requires_grad_(False).eval()
 
 
@@ -74,13 +80,13 @@ def train(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, *
     type_name, ttype = task_type(train_set, exp.name)
 
     backbone = frozen_backbone(exp)
-    head = MLPHead(backbone.embedding_dim, train_set.num_classes)
+    head = ttype.make_head(backbone.embedding_dim, train_set)
     masks = None
     if exp.method == "kwyn":
         masks = MaskSet(backbone.mask_sites(), cfg.mask_init)
         for mask in masks.values():
             mask.attach(backbone)
-    model = TaskModel(backbone, head)
+    model = task_model(backbone, head)
     groups = [{"params": head.parameters(), "lr": cfg.lr}]
     if masks is not None:
         # mask logits need a larger step than the head: at lr 1e-3 a logit starting at 1.0 takes
@@ -90,7 +96,6 @@ def train(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, *
     sampler = torch.Generator().manual_seed(cfg.seed)
     val_indices = torch.randperm(len(valid_set), generator=torch.Generator().manual_seed(cfg.seed + 1))
     val_indices = val_indices[:cfg.val_examples].tolist()
-    val_labels = valid_set.labels[val_indices]
 
     state = {"step": 0, "best": None, "history": [], "seconds": 0.0}
     checkpoint_path, print_ = run_dir / "checkpoint.pt", (tqdm.write if progress else (lambda *_: None))
@@ -114,11 +119,10 @@ def train(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, *
                disable=not progress)
     for step in bar:
         batch = torch.randint(len(train_set), (cfg.batch_size,), generator=sampler).tolist()
-        audio = torch.stack([train_set[i][0] for i in batch])
-        labels = train_set.labels[batch]
-        with torch.set_grad_enabled(masks is not None):
-            embedding = backbone.embed(audio)
-        task_loss = ttype.loss(head(embedding), labels)
+        audio, lengths, targets = ttype.collate(train_set, batch)
+        with torch.set_grad_enabled(masks is not None):  # the frozen encoder; masks learn through it
+            features = model.features(audio, lengths)
+        task_loss = ttype.loss(model.apply_head(features), targets)
         loss, s_loss = task_loss, torch.zeros(())
         if masks is not None:
             s_loss = sparsity_loss(exp.sparsity.loss, masks.logits(), exp.sparsity.t)
@@ -129,7 +133,7 @@ def train(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, *
         state["step"] = done = step + 1
 
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            metrics = ttype.metrics(predict(model, valid_set, 32, val_indices), val_labels, valid_set.num_classes)
+            metrics = ttype.score(predict(model, valid_set, 32, val_indices), valid_set, val_indices)
             row = {"step": done, "loss": loss.item(), "task_loss": task_loss.item(),
                    "sparsity_loss": s_loss.item(), "val_metric": metrics[ttype.primary],
                    "trim_ratio": trimming_ratio(backbone, masks) if masks is not None else 0.0,
@@ -175,7 +179,7 @@ def load_trained(exp: ResolvedExperiment, run_dir: str | Path) -> tuple[TaskMode
         raise FileNotFoundError(f"{best_path} is missing: run the train stage of {exp.name} first")
     best = torch.load(best_path, map_location="cpu", weights_only=False)
     backbone = frozen_backbone(exp)
-    head = MLPHead(**{k: v for k, v in best["head_config"].items() if k != "kind"})
+    head = build_head(best["head_config"])
     head.load_state_dict(best["head"])
     masks = None
     if best["masks"] is not None:
@@ -183,4 +187,4 @@ def load_trained(exp: ResolvedExperiment, run_dir: str | Path) -> tuple[TaskMode
         masks.load_state_dict(best["masks"])
         for mask in masks.values():
             mask.attach(backbone)
-    return TaskModel(backbone, head).eval(), masks, best
+    return task_model(backbone, head).eval(), masks, best

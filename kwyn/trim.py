@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from kwyn.backbones import Backbone, build_backbone
 from kwyn.heads import build_head
 from kwyn.io import atomic_path
-from kwyn.model import TaskModel
+from kwyn.model import TaskModel, task_model
 
 
 def trim_model(backbone: Backbone, kept_units: dict[str, list[int]]) -> Backbone:
@@ -49,7 +49,7 @@ def load_trimmed(path: str | Path) -> TaskModel:
         raise FileNotFoundError(f"{path} is not a trimmed model: it needs config.json and model.safetensors")
     config = json.loads((path / "config.json").read_text())
     backbone = trim_model(build_backbone(config["backbone"]), config["kept_units"])
-    model = TaskModel(backbone, build_head(config["head"]))
+    model = task_model(backbone, build_head(config["head"]))  # an ASR head's config holds its vocabulary
     model.load_state_dict(load_file(path / "model.safetensors"))
     model.config = config
     return model.eval()

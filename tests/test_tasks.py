@@ -92,7 +92,7 @@ def test_spoken_commands_render_prepare_and_train(tmp_path, monkeypatch):
     assert 0 <= trained["selected"]["val_metric"] <= 1
 
 
-def test_a_text_task_stops_before_training(tmp_path):
+def test_a_text_task_is_asr_scored_by_wer(tmp_path):
     from kwyn.data.prepare import PreparedDataset, prepare_split, write_meta
     from kwyn.data.nsynth import Example
     from kwyn.metrics import task_type
@@ -100,11 +100,16 @@ def test_a_text_task_stops_before_training(tmp_path):
     path = tmp_path / "a.wav"
     sf.write(path, np.zeros(1600, dtype=np.float32), 16000)
     prepare_split([Example(path, {"text": "ab"})], tmp_path / "p", "train", sample_rate=16000, clip_seconds=0.1,
-                  label_fields={"text": ["a", "b"]}, task_kinds={"text": "text"})
+                  label_fields={"text": ["a", "b"]}, task_kinds={"text": "text"}, keep_lengths=True)
     write_meta(tmp_path / "p", sample_rate=16000, clip_seconds=0.1, tasks={"text": ["a", "b"]},
                task_kinds={"text": "text"})
-    with pytest.raises(NotImplementedError, match="experiment 'x': task 'text' .* is asr: ASR training"):
-        task_type(PreparedDataset(tmp_path / "p", "train", "text"), "x")
+    dataset = PreparedDataset(tmp_path / "p", "train", "text")
+    name, ttype = task_type(dataset, "x")
+    assert name == "asr" and ttype.primary == "wer" and not ttype.higher_is_better
+    audio, lengths, (targets, target_lengths) = ttype.collate(dataset, [0])
+    assert targets.tolist() == [[1, 2]] and target_lengths.tolist() == [2] and lengths.tolist() == [1600]
+    head = ttype.make_head(8, dataset)
+    assert head.config["vocab"] == ["a", "b"] and head.config["vocab_size"] == 2
 
 
 def test_task_types_select_by_their_primary_metric():

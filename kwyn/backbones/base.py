@@ -4,7 +4,8 @@ A backbone is a frozen pretrained audio encoder that knows
 - how it is built from a JSON-able config (random init) and loaded with pretrained weights,
 - its sample rate and embedding size,
 - its mask sites (where removable units live, see kwyn.sites),
-- how to turn a batch of audio into one time-averaged embedding per clip,
+- how to turn a batch of audio into one time-averaged embedding per clip (`embed`) and, for
+  sequence tasks (ASR), into the frame sequence that embedding averages (`sequence`),
 - how to physically remove units at each site (`trim`), in place.
 
 A trimmed backbone is rebuilt anywhere from (config, kept units per site, state_dict):
@@ -44,6 +45,12 @@ class Backbone(nn.Module):
         """(batch, samples) at self.sample_rate -> (batch, embedding_dim), averaged over time."""
         raise NotImplementedError
 
+    def sequence(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, samples), valid samples per clip (None: all) -> (features (batch, frames, dim), valid frames
+        per clip (batch,)): the frame-level representation whose time average over all frames is `embed`."""
+        raise NotImplementedError(f"backbone family {self.family!r} gives no frame sequence (it pools time away "
+                                  "inside the encoder), so it cannot serve sequence tasks such as ASR")
+
     def trim(self, keep: dict[str, torch.Tensor]) -> None:
         """Remove every unit not listed in keep[site] (sorted unit indices), in place."""
         raise NotImplementedError
@@ -51,6 +58,11 @@ class Backbone(nn.Module):
     # -- shared -------------------------------------------------------------------------
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         return self.embed(audio)
+
+    @classmethod
+    def has_sequence(cls) -> bool:
+        """Whether this family implements `sequence` (and so can serve ASR)."""
+        return cls.sequence is not Backbone.sequence
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -97,3 +109,10 @@ class Backbone(nn.Module):
                 idx = idx.sort().values
             checked[name] = idx
         return checked
+
+
+def full_lengths(audio: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Valid samples per clip: `lengths` (clamped to the padded width) or the full width."""
+    if lengths is None:
+        return torch.full((audio.shape[0],), audio.shape[1], dtype=torch.long, device=audio.device)
+    return torch.as_tensor(lengths, dtype=torch.long, device=audio.device).clamp(max=audio.shape[1])

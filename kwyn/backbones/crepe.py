@@ -7,7 +7,8 @@ output is not zero after BatchNorm: the mask sits on the BatchNorm output, where
 channel contributes nothing to the next conv and can be removed exactly.
 
 Embedding: CREPE's 360-bin pitch activation (sigmoid of the classifier), averaged over the
-frames of a clip.
+frames of a clip. Sequence (ASR): those per-frame activations, one frame per hop (10 ms); a clip
+of n valid samples has 1 + (max(n, 1024) - 1024) // hop valid frames.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kwyn import prune
-from kwyn.backbones.base import Backbone
+from kwyn.backbones.base import Backbone, full_lengths
 from kwyn.sites import MaskSite
 
 WIDTHS = {"full": [1024, 128, 128, 128, 256, 512], "tiny": [128, 16, 16, 16, 32, 64]}
@@ -93,6 +94,13 @@ class CrepeBackbone(Backbone):
         frames = self.frames(audio)
         batch, n_frames, _ = frames.shape
         return self.forward_frames(frames.reshape(-1, FRAME)).view(batch, n_frames, -1).mean(dim=1)
+
+    def sequence(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = self.frames(audio)
+        batch, n_frames, _ = frames.shape
+        features = self.forward_frames(frames.reshape(-1, FRAME)).view(batch, n_frames, -1)
+        valid = (full_lengths(audio, lengths).clamp(min=FRAME) - FRAME) // self.config["hop"] + 1
+        return features, valid.clamp(max=n_frames)
 
     def trim(self, keep: dict[str, torch.Tensor]) -> None:
         keep = self.validate_keep(keep)

@@ -56,7 +56,7 @@ from transformers.models.wav2vec2_conformer.modeling_wav2vec2_conformer import (
     Wav2Vec2ConformerEncoder, Wav2Vec2ConformerSelfAttention)
 
 from kwyn import prune
-from kwyn.backbones.base import Backbone
+from kwyn.backbones.base import Backbone, full_lengths
 from kwyn.backbones.crepe import load_state_dict_checked
 from kwyn.backbones.wav2vec2 import _hub_reachable, _offline
 from kwyn.sites import MaskSite
@@ -224,6 +224,18 @@ class MusicFMBackbone(Backbone):
         if sample_rate is not None and sample_rate != self.sample_rate:
             raise ValueError(f"MusicFM expects {self.sample_rate} Hz audio, got {sample_rate} Hz: resample first")
         return self.hidden_states(self.log_mel(audio)).mean(dim=1)
+
+    def sequence(self, audio: torch.Tensor, lengths: torch.Tensor | None = None,
+                 sample_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The representation layer per token (25 per second); a clip of n valid samples has
+        ceil((n // hop_length) / 4) valid tokens (the conv subsampling halves time twice).
+        No attention mask: padded tokens are computed and attended to, then ignored by the head."""
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            raise ValueError(f"MusicFM expects {self.sample_rate} Hz audio, got {sample_rate} Hz: resample first")
+        hidden = self.hidden_states(self.log_mel(audio))
+        mel_frames = full_lengths(audio, lengths) // self.config["hop_length"]  # the STFT's last frame is dropped
+        valid = -(-mel_frames // 4)
+        return hidden, valid.clamp(min=1, max=hidden.shape[1])
 
     def trim(self, keep: dict[str, torch.Tensor]) -> None:
         keep = self.validate_keep(keep)

@@ -27,6 +27,8 @@ Not sites: the positional conv embedding and the hidden_size stream. Left out, a
   out_proj call to hook), gates its relative position bias by per-head slices of the layer input,
   and shares layer 0's per-head bias with every layer. WavLM offers conv and FFN sites only.
 
+Sequence (ASR): the last hidden state per frame (50 frames/s), with valid frames per clip.
+
 Inference only: SpecAugment masking and LayerDrop are switched off in every config (also when
 loading a checkpoint), and the model starts in eval mode.
 """
@@ -43,7 +45,7 @@ from transformers import (HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Mod
                           WavLMModel)
 
 from kwyn import prune
-from kwyn.backbones.base import Backbone
+from kwyn.backbones.base import Backbone, full_lengths
 from kwyn.sites import MaskSite
 
 MODELS = {
@@ -137,12 +139,7 @@ class Wav2Vec2Backbone(Backbone):
             field = (field - 1) * stride + kernel
         return field
 
-    def embed(self, audio: torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
-        """(batch, samples) of 16 kHz audio -> (batch, hidden_size): last hidden state averaged over time.
-
-        The model only knows 16 kHz; resample beforehand (data prep does). Pass `sample_rate` to
-        have a wrong rate rejected rather than silently embedded at the wrong speed.
-        """
+    def _check(self, audio: torch.Tensor, sample_rate: int | None) -> None:
         if sample_rate is not None and sample_rate != self.sample_rate:
             raise ValueError(f"{self.config['model_type']} expects {self.sample_rate} Hz audio, got "
                              f"{sample_rate} Hz: resample first")
@@ -151,10 +148,42 @@ class Wav2Vec2Backbone(Backbone):
         if audio.shape[1] < self.receptive_field():
             raise ValueError(f"audio of {audio.shape[1]} samples is shorter than one frame "
                              f"({self.receptive_field()} samples at {self.sample_rate} Hz)")
+
+    def embed(self, audio: torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
+        """(batch, samples) of 16 kHz audio -> (batch, hidden_size): last hidden state averaged over time.
+
+        The model only knows 16 kHz; resample beforehand (data prep does). Pass `sample_rate` to
+        have a wrong rate rejected rather than silently embedded at the wrong speed.
+        """
+        self._check(audio, sample_rate)
         if self.config["normalize"]:  # as Wav2Vec2FeatureExtractor(do_normalize=True)
             variance = audio.var(1, keepdim=True, unbiased=False)
             audio = (audio - audio.mean(1, keepdim=True)) / torch.sqrt(variance + 1e-7)
         return self.model(audio).last_hidden_state.mean(dim=1)
+
+    def sequence(self, audio: torch.Tensor, lengths: torch.Tensor | None = None,
+                 sample_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, samples), valid samples per clip -> (last hidden state (batch, frames, hidden_size),
+        valid frames per clip, from the conv stack's kernels and strides).
+
+        With `normalize`, each clip is normalised over its valid samples and its padding stays zero
+        (Wav2Vec2FeatureExtractor's way with padding). An attention mask over the padding is passed
+        only to models whose config uses one (feat_extract_norm "layer", as their feature extractor
+        returns one); "group" models (wav2vec2-base and its kin) were trained on zero padding without.
+        Without lengths (all valid) the time average of the features is `embed`.
+        """
+        self._check(audio, sample_rate)
+        n = full_lengths(audio, lengths)
+        valid = torch.arange(audio.shape[1], device=audio.device)[None, :] < n[:, None]
+        if self.config["normalize"]:
+            count = n[:, None].clamp(min=1).to(audio.dtype)
+            mean = (audio * valid).sum(1, keepdim=True) / count
+            variance = (((audio - mean) * valid) ** 2).sum(1, keepdim=True) / count
+            audio = (audio - mean) / torch.sqrt(variance + 1e-7) * valid
+        mask = valid.long() if self.hf_config.feat_extract_norm == "layer" else None
+        hidden = self.model(audio, attention_mask=mask).last_hidden_state
+        frames = self.model._get_feat_extract_output_lengths(n).long()
+        return hidden, frames.clamp(min=1, max=hidden.shape[1])
 
     def trim(self, keep: dict[str, torch.Tensor]) -> None:
         keep = self.validate_keep(keep)

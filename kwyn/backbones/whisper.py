@@ -21,6 +21,9 @@ Mask sites (units, where the mask multiplies):
   fc1 row and fc2 column; with no unit left, fc2 outputs its bias.
 
 Embedding: the last hidden state (after the final layer norm) averaged over time, d_model wide.
+Sequence (ASR): that hidden state per frame (50 frames/s); a clip of n valid samples has
+ceil(n / 320) valid frames. The encoder has no attention mask (Whisper sees zero-padded audio
+itself), so padded frames are computed and attended to as in Whisper, then ignored by the head.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from transformers.models.whisper.modeling_whisper import WhisperAttention, Whisp
 
 from kwyn import prune
 from kwyn.backbones import ct2
-from kwyn.backbones.base import Backbone
+from kwyn.backbones.base import Backbone, full_lengths
 from kwyn.backbones.crepe import load_state_dict_checked
 from kwyn.sites import MaskSite
 
@@ -126,6 +129,11 @@ class WhisperEncoderBackbone(Backbone):
 
     def embed(self, audio: torch.Tensor) -> torch.Tensor:
         return self.hidden_states(self.log_mel(audio)).mean(dim=1)
+
+    def sequence(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.hidden_states(self.log_mel(audio))
+        valid = -(-full_lengths(audio, lengths) // (2 * HOP))  # mel frames rounded up to even, halved by conv2
+        return hidden, valid.clamp(min=1, max=hidden.shape[1])
 
     def trim(self, keep: dict[str, torch.Tensor]) -> None:
         keep = self.validate_keep(keep)

@@ -1,8 +1,10 @@
 """Bring your own data: a folder-per-class tree or a CSV becomes a TaskData like a benchmark's.
 
 Folder layout:  root/<split>/<class>/<audio file>       split in train, valid, test
-CSV layout:     columns path, split, and either label (one class) or labels (";"-separated,
-                multi-label; may be empty). Relative paths are relative to the CSV's folder.
+CSV layout:     columns path, split, and either label (one class), labels (";"-separated,
+                multi-label; may be empty) or transcript (ASR: the text spoken, kept verbatim;
+                its label set is the characters of the train transcripts). Relative paths are
+                relative to the CSV's folder.
 
 The label set is what train uses (sorted); a valid/test label that train never shows is an
 error, since a model cannot learn it. Unknown split names, an empty split and files that do
@@ -32,7 +34,7 @@ def _task(name: str, task: str, splits: dict, kind: str, source) -> TaskData:
     check_files([e for split in SPLITS for e in splits[split]], source)  # all missing at once
 
     def labels_of(e):
-        return e.labels[task] if kind == "multilabel" else [e.labels[task]]
+        return e.labels[task] if kind in ("multilabel", "text") else [e.labels[task]]  # text: its characters
 
     label_set = sorted({label for e in splits["train"] for label in labels_of(e)})
     unseen = sorted({(s, label) for s in ("valid", "test") for e in splits[s] for label in labels_of(e)
@@ -59,23 +61,25 @@ def load_folder(root, name: str | None = None) -> TaskData:
 
 
 def load_csv(path, name: str | None = None) -> TaskData:
-    """A CSV with path, split and label (single-label) or labels (";"-separated, multi-label)."""
+    """A CSV with path, split and label (single-label), labels (";"-separated, multi-label) or transcript (ASR)."""
     path = Path(path)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     columns = set(rows[0]) if rows else set()
-    task = "labels" if "labels" in columns else "label"
+    task = next((t for t in ("transcript", "labels") if t in columns), "label")
     if not {"path", "split", task} <= columns:
-        raise ValueError(f"{path}: needs columns path, split and label (or labels); has {sorted(columns)}")
+        raise ValueError(f"{path}: needs columns path, split and label (or labels, or transcript); "
+                         f"has {sorted(columns)}")
     _unknown_splits({r["split"] for r in rows}, path)
     splits = {s: [] for s in SPLITS}
     for line, r in enumerate(rows, start=2):
         value = r[task].strip()
-        if task == "label" and not value:
-            raise ValueError(f"{path}, line {line}: empty label")
+        if task in ("label", "transcript") and not value:
+            raise ValueError(f"{path}, line {line}: empty {task}")
         label = [v.strip() for v in value.split(";") if v.strip()] if task == "labels" else value
         splits[r["split"]].append(Example(path.parent / r["path"], {task: label}))
-    return _task(name or path.stem, task, splits, "multilabel" if task == "labels" else "label", path)
+    kind = {"labels": "multilabel", "transcript": "text"}.get(task, "label")
+    return _task(name or path.stem, task, splits, kind, path)
 
 
 def load_custom(path, name: str | None = None) -> TaskData:
