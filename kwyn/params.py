@@ -260,9 +260,9 @@ class Params(_Strict):
                 raise ValueError(f"{where}.task: unknown task {exp.task!r} for {exp.dataset}; known: "
                                  f"{list(dataset.TASKS)}")
             if dataset.TASKS[exp.task] == "asr":
-                from kwyn.backbones import FAMILIES
+                from kwyn.backbones import family_class
 
-                if not FAMILIES[BACKBONES[exp.backbone][0]].has_sequence():
+                if not family_class(BACKBONES[exp.backbone][0]).has_sequence():
                     raise ValueError(f"{where}.backbone: {exp.backbone!r} gives no frame sequence (it pools time away), "
                                      f"so it cannot serve the ASR task {exp.task!r} of {exp.dataset}; use a backbone "
                                      f"with frames (wav2vec2/HuBERT/WavLM, Whisper encoder, MusicFM, CREPE)")

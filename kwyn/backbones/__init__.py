@@ -5,22 +5,18 @@ are the only entry points the rest of kwyn uses.
 """
 from __future__ import annotations
 
-from typing import Callable
+import importlib
 
 from kwyn.backbones.base import Backbone
-from kwyn.backbones.cnn14 import Cnn14Backbone
-from kwyn.backbones.crepe import CrepeBackbone
-from kwyn.backbones.musicfm import MusicFMBackbone
-from kwyn.backbones.whisper import WhisperEncoderBackbone
-from kwyn.backbones.wav2vec2 import Wav2Vec2Backbone
 
-# family name (stored in every saved config) -> class
-FAMILIES: dict[str, type[Backbone]] = {
-    CrepeBackbone.family: CrepeBackbone,
-    WhisperEncoderBackbone.family: WhisperEncoderBackbone,
-    Wav2Vec2Backbone.family: Wav2Vec2Backbone,
-    MusicFMBackbone.family: MusicFMBackbone,
-    Cnn14Backbone.family: Cnn14Backbone,
+# family name (stored in every saved config) -> "module:Class", imported on first use so that a
+# CREPE run does not pay for importing transformers and every other backbone
+FAMILIES: dict[str, str] = {
+    "crepe": "kwyn.backbones.crepe:CrepeBackbone",
+    "whisper-encoder": "kwyn.backbones.whisper:WhisperEncoderBackbone",
+    "wav2vec2": "kwyn.backbones.wav2vec2:Wav2Vec2Backbone",
+    "musicfm": "kwyn.backbones.musicfm:MusicFMBackbone",
+    "cnn14": "kwyn.backbones.cnn14:Cnn14Backbone",
 }
 
 # backbone name (params.yaml) -> (family, default config); pretrained weights are found by the family
@@ -48,10 +44,11 @@ BACKBONES: dict[str, tuple[str, dict]] = {
 }
 
 
-def _family(name: str) -> type[Backbone]:
+def family_class(name: str) -> type[Backbone]:
     if name not in FAMILIES:
         raise KeyError(f"unknown backbone family {name!r}; known: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[name]
+    module, cls = FAMILIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def load_backbone(name: str, checkpoint: str | None = None, pretrained: bool = True, **overrides) -> Backbone:
@@ -60,7 +57,7 @@ def load_backbone(name: str, checkpoint: str | None = None, pretrained: bool = T
         raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
     family, config = BACKBONES[name]
     config = {**config, **overrides}
-    cls = _family(family)
+    cls = family_class(family)
     model = cls.from_pretrained(checkpoint, **config) if pretrained else cls(config)
     return model.eval()
 
@@ -68,4 +65,4 @@ def load_backbone(name: str, checkpoint: str | None = None, pretrained: bool = T
 def build_backbone(config: dict) -> Backbone:
     """Random-init backbone from a saved config (which names its family)."""
     config = dict(config)
-    return _family(config.pop("family"))(config)
+    return family_class(config.pop("family"))(config)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Every benchmark of the README, one after the other (run on an otherwise idle machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+out=benchmarks/results
+python benchmarks/speedup.py --backbone crepe-full --input-seconds 0.064 --threads 1 --repeats 30 --json $out/speedup_crepe-full.json
+for b in wav2vec2-base musicfm clap-cnn14; do
+  python benchmarks/speedup.py --backbone $b --input-seconds 4 --threads 2 --repeats 10 --warmup 2 --json $out/speedup_$b.json
+done
+python benchmarks/train_step.py --backbone crepe-full --batch 8 --json $out/train_step_crepe-full.json
+for b in whisper-tiny-encoder wav2vec2-base musicfm clap-cnn14; do
+  python benchmarks/train_step.py --backbone $b --input-seconds 1 --batch 4 --repeats 5 --warmup 1 --json $out/train_step_$b.json
+done
