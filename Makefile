@@ -27,7 +27,7 @@ test: venv
 lab: venv
 	$(VENV)/bin/python -m ipykernel install --sys-prefix --name kwyn --display-name "kwyn (.venv)"
 	$(VENV)/bin/nbstripout --install
-	$(RUN) jupyter lab notebooks
+	$(RUN) jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root --no-browser,)
 
 # after changing the environment by hand: re-pin requirements.txt and environment.yml from it
 pins: venv
