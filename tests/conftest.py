@@ -50,3 +50,12 @@ def tiny_data(tmp_path_factory) -> Path:
     prepare_nsynth_like(root / "raw", root / "prepared", clip_seconds=d["clip_seconds"],
                         offset_seconds=d["offset_seconds"], pitches=tuple(d["pitches"]))
     return root / "prepared"
+
+
+@pytest.fixture
+def one_thread():
+    """Torch at one thread for a test, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,6 +11,7 @@ from kwyn.heads import MLPHead
 from kwyn.masks import MaskSet
 from kwyn.model import TaskModel
 from kwyn.trim import load_trimmed, save_trimmed, trim_model
+from trimming import random_keep
 
 # channel widths and fc1 / projection sizes divided by 32; the front end stays CLAP's
 TINY = {"widths": [w // 32 for w in WIDTHS], "fc1_dim": 64, "projection_dim": 32}
@@ -65,19 +66,6 @@ def test_site_table_params_per_unit_by_hand():
     assert rows["block6.conv2"] == 9 * w[5] + 2 + TINY["fc1_dim"]
 
 
-def random_keep(model, generator, empty=(), full=()):
-    keep = {}
-    for site in model.mask_sites():
-        if site.name in empty:
-            keep[site.name] = torch.arange(0)
-        elif site.name in full:
-            keep[site.name] = torch.arange(site.units)
-        else:
-            n = int(torch.randint(1, site.units, (1,), generator=generator))
-            keep[site.name] = torch.randperm(site.units, generator=generator)[:n].sort().values
-    return keep
-
-
 def masked_and_trimmed(model, keep):
     masked = copy.deepcopy(model)
     masks = MaskSet(masked.mask_sites())
@@ -97,7 +85,8 @@ def masked_and_trimmed(model, keep):
                                         (tuple(SITES), ())])
 def test_trimmed_equals_masked(kind, empty, full):
     model = tiny_model(kind)
-    keep = random_keep(model, torch.Generator().manual_seed(len(empty) * 10 + len(full)), empty, full)
+    keep = random_keep(model, torch.Generator().manual_seed(len(empty) * 10 + len(full)), empty, full,
+                       random_count=True)
     masked, trimmed = masked_and_trimmed(model, keep)
     x = audio(model)
     with torch.no_grad():
@@ -130,7 +119,7 @@ def test_trim_rejects_bad_unit_indices():
 
 def test_save_and_load_trimmed_round_trip(tmp_path):
     model = tiny_model("laion")
-    keep = random_keep(model, torch.Generator().manual_seed(3), empty=("block4.conv2",))
+    keep = random_keep(model, torch.Generator().manual_seed(3), empty=("block4.conv2",), random_count=True)
     masked, trimmed = masked_and_trimmed(model, keep)
     head = MLPHead(trimmed.embedding_dim, 5)
     save_trimmed(TaskModel(trimmed, head), {k: v.tolist() for k, v in keep.items()},

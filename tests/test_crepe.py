@@ -12,6 +12,7 @@ from kwyn.heads import MLPHead
 from kwyn.masks import MaskSet
 from kwyn.model import TaskModel
 from kwyn.trim import load_trimmed, save_trimmed, trim_model
+from trimming import random_keep
 
 
 def test_forward_equals_torchcrepe_reference():
@@ -44,18 +45,6 @@ def test_trimmed_param_count_matches_hand_count():
     # the removed parameters include the next layer's input weights for the dropped channels
     only_conv1 = model.trimmed_param_count({"conv1": torch.arange(127)})
     assert model.param_count() - only_conv1 == 512 + 1 + 2 + 16 * 64
-
-
-def random_keep(model, generator, empty=(), full=()):
-    keep = {}
-    for site in model.mask_sites():
-        if site.name in empty:
-            keep[site.name] = torch.arange(0)
-        elif site.name in full:
-            keep[site.name] = torch.arange(site.units)
-        else:
-            keep[site.name] = torch.randperm(site.units, generator=generator)[: site.units // 2].sort().values
-    return keep
 
 
 def masked_and_trimmed(keep, capacity="tiny"):

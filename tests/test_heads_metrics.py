@@ -10,12 +10,7 @@ from kwyn.heads import (BLANK, BiLSTMCTCHead, CharVocabulary, MLPHead, build_hea
 from kwyn.metrics import asr_metrics, classification_metrics, tagging_metrics
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 def test_vocabulary_round_trip():

@@ -23,8 +23,8 @@ from kwyn.backbones.musicfm import MusicFMBackbone
 from kwyn.heads import MLPHead
 from kwyn.masks import UnitMask
 from kwyn.model import TaskModel
-from kwyn.sites import attach_all
 from kwyn.trim import load_trimmed, save_trimmed
+from trimming import random_masks, masked_embedding
 
 
 TINY = dict(n_mels=16, conv_dim=8, hidden_size=32, num_attention_heads=2, intermediate_size=64,
@@ -137,31 +137,6 @@ def tiny_backbone(seed=0):
             bn.running_mean.normal_(0, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
     return backbone
-
-
-def random_masks(backbone, scenario, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    masks = {}
-    for site in backbone.mask_sites():
-        mask = UnitMask(site)
-        mode = scenario.get(site.name, "some")
-        with torch.no_grad():
-            if mode == "none":
-                mask.logits.fill_(-1.0)
-            elif mode == "some":
-                mask.logits[torch.randperm(site.units, generator=gen)[: site.units // 2]] = -1.0
-        masks[site.name] = mask
-    return masks
-
-
-def masked_embedding(backbone, masks, x):
-    handles = attach_all(backbone, masks.values())
-    try:
-        with torch.no_grad():
-            return backbone.embed(x)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # -- tests --------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from kwyn.data.spoken_commands import (DEFAULT_VOICES, LIST_FILES, _check_voices, read_spoken_commands,
                                        render_spoken_commands, voice_id)
@@ -13,12 +12,7 @@ VOICES = ("en-us", "en+f2", "en-gb-x-rp+m2", "en-029+m7")
 SMALL = dict(seed=1, words=WORDS, voices=VOICES, rates=(140, 200), pitches=(50,), split_per_voice=(2, 1, 1))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
 
 
 @pytest.fixture(scope="module")

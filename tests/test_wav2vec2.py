@@ -17,7 +17,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Model
 from kwyn.backbones import build_backbone, load_backbone
 from kwyn.backbones.wav2vec2 import Wav2Vec2Backbone
 from kwyn.masks import UnitMask
-from kwyn.sites import attach_all
+from trimming import random_masks, masked_embedding
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=16,
@@ -38,32 +38,6 @@ SCENARIOS = {
     "mixed": {"conv1": "all", "conv4": "all", "layer0.attention": "none", "layer1.ffn": "none", "layer0.ffn": "all"},
     "empty-convs": {"conv2": "none", "conv6": "none", "layer1.attention": "all", "layer0.ffn": "none"},
 }
-
-
-def random_masks(backbone, scenario: dict, seed: int = 0) -> dict[str, UnitMask]:
-    gen = torch.Generator().manual_seed(seed)
-    masks = {}
-    for site in backbone.mask_sites():
-        mask = UnitMask(site)
-        mode = scenario.get(site.name, "some")
-        with torch.no_grad():
-            if mode == "none":
-                mask.logits.fill_(-1.0)
-            elif mode == "some":
-                drop = torch.randperm(site.units, generator=gen)[: site.units // 2]
-                mask.logits[drop] = -1.0
-        masks[site.name] = mask
-    return masks
-
-
-def masked_embedding(backbone, masks, audio):
-    handles = attach_all(backbone, masks.values())
-    try:
-        with torch.no_grad():
-            return backbone.embed(audio)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def audio(batch=2, samples=4000, seed=1):
