@@ -90,6 +90,12 @@ class Backbone(nn.Module):
                          "params_per_unit": full - self.trimmed_param_count(keep)})
         return rows
 
+    def check_sample_rate(self, sample_rate: int | None, model_name: str | None = None) -> None:
+        """Reject audio declared at another rate, rather than embed it at the wrong speed."""
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            raise ValueError(f"{model_name or self.family} expects {self.sample_rate} Hz audio, got {sample_rate} Hz: "
+                             "resample first")
+
     def example_input(self, seconds: float, batch: int = 1) -> torch.Tensor:
         return torch.randn(batch, int(round(seconds * self.sample_rate)))
 

@@ -201,9 +201,7 @@ class Cnn14Backbone(Backbone):
 
         Pass `sample_rate` to have a wrong rate rejected rather than embedded at the wrong speed.
         """
-        if sample_rate is not None and sample_rate != self.sample_rate:
-            raise ValueError(f"CNN14 ({self.config['kind']}) expects {self.sample_rate} Hz audio, got "
-                             f"{sample_rate} Hz: resample first")
+        self.check_sample_rate(sample_rate, f"CNN14 ({self.config['kind']})")
         if audio.dim() != 2:
             raise ValueError(f"expected audio of shape (batch, samples), got {tuple(audio.shape)}")
         if audio.shape[1] < self.min_samples():

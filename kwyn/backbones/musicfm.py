@@ -221,8 +221,7 @@ class MusicFMBackbone(Backbone):
         (data prep does). Pass `sample_rate` to have any other rate rejected, not embedded at the
         wrong speed.
         """
-        if sample_rate is not None and sample_rate != self.sample_rate:
-            raise ValueError(f"MusicFM expects {self.sample_rate} Hz audio, got {sample_rate} Hz: resample first")
+        self.check_sample_rate(sample_rate, "MusicFM")
         return self.hidden_states(self.log_mel(audio)).mean(dim=1)
 
     def sequence(self, audio: torch.Tensor, lengths: torch.Tensor | None = None,
@@ -230,8 +229,7 @@ class MusicFMBackbone(Backbone):
         """The representation layer per token (25 per second); a clip of n valid samples has
         ceil((n // hop_length) / 4) valid tokens (the conv subsampling halves time twice).
         No attention mask: padded tokens are computed and attended to, then ignored by the head."""
-        if sample_rate is not None and sample_rate != self.sample_rate:
-            raise ValueError(f"MusicFM expects {self.sample_rate} Hz audio, got {sample_rate} Hz: resample first")
+        self.check_sample_rate(sample_rate, "MusicFM")
         hidden = self.hidden_states(self.log_mel(audio))
         mel_frames = full_lengths(audio, lengths) // self.config["hop_length"]  # the STFT's last frame is dropped
         valid = -(-mel_frames // 4)

@@ -140,9 +140,7 @@ class Wav2Vec2Backbone(Backbone):
         return field
 
     def _check(self, audio: torch.Tensor, sample_rate: int | None) -> None:
-        if sample_rate is not None and sample_rate != self.sample_rate:
-            raise ValueError(f"{self.config['model_type']} expects {self.sample_rate} Hz audio, got "
-                             f"{sample_rate} Hz: resample first")
+        self.check_sample_rate(sample_rate, self.config["model_type"])
         if audio.dim() != 2:
             raise ValueError(f"expected audio of shape (batch, samples), got {tuple(audio.shape)}")
         if audio.shape[1] < self.receptive_field():
