@@ -1,4 +1,4 @@
-"""Trim a trained run and evaluate base / masked / trimmed models on the test split.
+"""Trim a trained run and evaluate its trained (masked) and trimmed models on the test split.
 
 The result holds the task's metrics for the trimmed ("test") and the masked ("test_masked")
 model, the largest |difference| of their outputs (logits, or CTC log-probs for ASR) and, for
@@ -11,38 +11,81 @@ from pathlib import Path
 import torch
 
 from kwyn import profile
-from kwyn.io import write_json
+from kwyn.backbones import build_backbone
+from kwyn.io import read_json, write_json
 from kwyn.metrics import task_type
 from kwyn.model import max_abs_diff, predict, task_model
 from kwyn.params import ResolvedExperiment
-from kwyn.train import frozen_backbone, load_trained
+from kwyn.train import build_encoder, frozen_backbone, load_trained
 from kwyn.trim import load_trimmed, save_trimmed, trim_model
 
 
 def trim_run(exp: ResolvedExperiment, run_dir: str | Path, out_dir: str | Path) -> dict:
-    """Physically remove the units the run's selected masks switched off; save the trimmed model."""
-    model, masks, best = load_trained(exp, run_dir)
-    backbone = model.backbone
-    sites = {s.name: s.units for s in backbone.mask_sites()}
-    kept = {k: v.tolist() for k, v in masks.kept_units().items()} if masks is not None \
-        else {name: list(range(n)) for name, n in sites.items()}
-    base_config = dict(backbone.config)
-    # a fresh backbone without hooks: trimming must not inherit the masks' forward hooks
-    plain = frozen_backbone(exp)
-    trimmed = task_model(trim_model(plain, kept), model.head)
+    """Physically remove the units the run switched off (masks) or never had (scratch, convexity's
+    dropped layers); save the smaller model. Lottery: the last round at out_dir, every round under
+    out_dir/rounds/<round>."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    metadata = _trim_one(exp, run_dir, out_dir)
+    if exp.method == "lottery":
+        metadata["rounds"] = [_trim_one(exp, r, out_dir / "rounds" / r.name) for r in lottery_rounds(run_dir)]
+    return metadata
+
+
+def lottery_rounds(run_dir: Path) -> list[Path]:
+    return sorted((p for p in Path(run_dir).glob("round*") if (p / "best.pt").exists()),
+                  key=lambda p: int(p.name.removeprefix("round")))
+
+
+def _trim_one(exp: ResolvedExperiment, run_dir: Path, out_dir: Path) -> dict:
+    model, modulations, best = load_trained(exp, run_dir)
+    architecture = best["architecture"]
+    # a fresh encoder without hooks: trimming must not inherit the modulations' forward hooks
+    plain = build_encoder(exp, architecture)
+    if best["encoder"] is not None:
+        plain.load_state_dict(best["encoder"])
+    if architecture.get("kept_units") is not None:  # scratch: built trimmed
+        kept, base_config = architecture["kept_units"], architecture["base_config"]
+        with torch.device("meta"):
+            sites = {s.name: s.units for s in build_backbone(base_config).mask_sites()}
+    else:
+        sites = {s.name: s.units for s in plain.mask_sites()}
+        base_config = dict(plain.config)
+        if hasattr(modulations, "kept_units"):  # kwyn, lottery
+            kept = {k: v.tolist() for k, v in modulations.kept_units().items()}
+        else:  # base, ssf, convexity: every unit of the (kept layers of the) encoder
+            kept = {name: list(range(n)) for name, n in sites.items()}
+        trim_model(plain, kept)
+    trimmed = task_model(plain, model.head)
+    if best["modulation_kind"] == "ssf":
+        trimmed.modulations = modulations  # the trained scale-and-shift, re-attached at load
+    full = frozen_backbone(exp)
     metadata = {"experiment": exp.name, "backbone": exp.backbone, "dataset": exp.dataset, "task": exp.task,
-                "method": exp.method, "selected_step": best["row"]["step"],
-                "trim_ratio": 1 - profile.param_count(plain) / profile.param_count(backbone)}
-    save_trimmed(trimmed, kept, sites, out_dir, metadata, base_config=base_config)
+                "method": exp.method, "source": exp.source, "target_ratio": exp.target_ratio,
+                "selected_step": best["row"]["step"], "layers": architecture.get("layers"),
+                "trim_ratio": 1 - profile.param_count(plain) / profile.param_count(full)}
+    save_trimmed(trimmed, kept, sites, out_dir, metadata, base_config=base_config,
+                 modulations="ssf" if best["modulation_kind"] == "ssf" else None)
     return metadata
 
 
 def evaluate_run(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, model_dir: str | Path,
                  progress: bool = True) -> dict:
+    """Test metrics and cost of the trimmed model (lottery: of every round, the last at top level)."""
     from kwyn.data.prepare import PreparedDataset
 
     torch.set_num_threads(exp.train.threads)
     test_set = PreparedDataset(data_root, "test", exp.task)
+    result = _evaluate_one(exp, test_set, Path(run_dir), Path(model_dir), progress)
+    if exp.method == "lottery":
+        result["rounds"] = [{"round": int(r.name.removeprefix("round")),
+                             **_evaluate_one(exp, test_set, r, Path(model_dir) / "rounds" / r.name, progress)}
+                            for r in lottery_rounds(Path(run_dir))]
+    if exp.method == "convexity":
+        result["convexity"] = read_json(Path(run_dir) / "convexity.json")
+    return result
+
+
+def _evaluate_one(exp: ResolvedExperiment, test_set, run_dir: Path, model_dir: Path, progress: bool) -> dict:
     type_name, ttype = task_type(test_set, exp.name)
     masked, _, best = load_trained(exp, run_dir)
     trimmed = load_trimmed(model_dir)
@@ -60,7 +103,7 @@ def evaluate_run(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | 
     config = trimmed.config
     result = {
         "experiment": exp.name, "backbone": exp.backbone, "dataset": exp.dataset, "task": exp.task,
-        "method": exp.method,
+        "method": exp.method, "source": exp.source, "target_ratio": exp.target_ratio,
         "sparsity_loss": exp.sparsity.loss if exp.sparsity else None,
         "t": exp.sparsity.t if exp.sparsity else None,
         "lambda": exp.sparsity.lambda_ if exp.sparsity else None,
@@ -80,8 +123,11 @@ def evaluate_run(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | 
         "latency_ms": latency["trimmed"], "full_latency_ms": latency["full"],
         "speedup": latency["full"] / latency["trimmed"],
         "flops_ratio": full_cost["gflops"] / trimmed_cost["gflops"],
+        "layers": config["metadata"].get("layers"),
         "kept_units": {k: len(v) for k, v in config["kept_units"].items()},
+        "kept_indices": config["kept_units"],
         "site_units": config["site_units"],
+        "site_kinds": {s.name: s.kind for s in full.mask_sites()},
     }
     return result
 

@@ -31,18 +31,25 @@ from typing import Callable, NamedTuple
 
 import jiwer
 import torch
-from torchmetrics.functional.classification import multiclass_accuracy, multilabel_auroc, multilabel_average_precision
 
 from torch import nn
 
 from kwyn.heads import BiLSTMCTCHead, CharVocabulary, MLPHead, greedy_decode, task_loss
 
 
+def _torchmetrics():
+    """torchmetrics' functional classification module, imported on first use: importing it pulls in
+    torchvision and costs about 9 s, paid otherwise by every notebook of the pipeline at start."""
+    from torchmetrics.functional import classification
+
+    return classification
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
     preds = logits.argmax(dim=-1)
     return {
-        "weighted_accuracy": float(multiclass_accuracy(preds, labels, num_classes, average="weighted")),
-        "macro_accuracy": float(multiclass_accuracy(preds, labels, num_classes, average="macro")),
+        "weighted_accuracy": float(_torchmetrics().multiclass_accuracy(preds, labels, num_classes, average="weighted")),
+        "macro_accuracy": float(_torchmetrics().multiclass_accuracy(preds, labels, num_classes, average="macro")),
     }
 
 
@@ -56,8 +63,8 @@ def tagging_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict:
     with warnings.catch_warnings():
         # torchmetrics warns about labels without positives; we leave those out below
         warnings.simplefilter("ignore", UserWarning)
-        ap = multilabel_average_precision(logits.float(), targets, n_labels, average=None)
-        auc = multilabel_auroc(logits.float(), targets, n_labels, average=None)
+        ap = _torchmetrics().multilabel_average_precision(logits.float(), targets, n_labels, average=None)
+        auc = _torchmetrics().multilabel_auroc(logits.float(), targets, n_labels, average=None)
     nan = float("nan")
     return {
         "mAP": float(ap[has_pos].mean()) if has_pos.any() else nan,

@@ -70,14 +70,15 @@ def predict(model: nn.Module, dataset, batch_size: int = 32, indices=None, progr
     indices = list(range(len(dataset))) if indices is None else list(indices)
     chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     all_lengths = getattr(dataset, "lengths", None)
+    device = next(model.parameters()).device
     outputs, sequences = [], []
     for chunk in tqdm(chunks, desc="predict", disable=not progress, leave=False):
-        audio = torch.stack([dataset[i][0] for i in chunk])
+        audio = torch.stack([dataset[i][0] for i in chunk]).to(device)
         out = model(audio, all_lengths[chunk] if all_lengths is not None else None)
         if isinstance(out, tuple):
-            sequences.extend(_split(out))
+            sequences.extend(_split((out[0].float().cpu(), out[1].cpu())))
         else:
-            outputs.append(out)
+            outputs.append(out.float().cpu())
     if sequences:
         return sequences
     return torch.cat(outputs) if outputs else torch.empty(0)

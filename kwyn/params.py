@@ -8,11 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 SPARSITY_LOSSES = ("paper", "authors_code")
-METHODS = ("base", "kwyn")
+METHODS = ("base", "ssf", "kwyn", "lottery", "convexity")  # + "scratch", from the `scratch:` section
+LOTTERY_SCORES = ("magnitude", "activation", "gradient")
+PRECISIONS = ("fp32", "bf16", "fp16")
 TASK_TYPES = ("classification", "tagging", "asr")  # kwyn.metrics.TASK_TYPES trains and scores each
 
 
@@ -86,7 +87,7 @@ class SpokenCommands(_Preparation):
     @classmethod
     def _yaml_booleans(cls, words):
         if isinstance(words, list) and any(isinstance(w, bool) for w in words):
-            raise ValueError("quote the words 'yes', 'no', 'on' and 'off': unquoted, YAML reads them as true/false")
+            raise ValueError("a word is a boolean (true/false, or yes/no/on/off read by a YAML 1.1 reader): quote it")
         return words
 
 
@@ -188,6 +189,11 @@ class Train(_Strict):
     select_after: float = Field(0.5, ge=0, le=1)
     seed: int = 0
     threads: int = Field(2, ge=1)
+    # encoder training (scratch, lottery, convexity fine-tuning): linear warm-up over this share of the steps
+    encoder_lr: float = Field(1e-4, gt=0)
+    warmup: float = Field(0.1, ge=0, lt=1)
+    device: str = "auto"  # auto (the GPU of this torchrun rank, a free GPU, else cpu) | cpu | cuda | cuda:N
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 only on cuda
 
 
 class TrainOverrides(_Strict):
@@ -202,12 +208,41 @@ class TrainOverrides(_Strict):
     select_after: Optional[float] = Field(None, ge=0, le=1)
     seed: Optional[int] = None
     threads: Optional[int] = Field(None, ge=1)
+    encoder_lr: Optional[float] = Field(None, gt=0)
+    warmup: Optional[float] = Field(None, ge=0, lt=1)
+    device: Optional[str] = None
+    precision: Optional[Literal["fp32", "bf16", "fp16"]] = None
 
 
 class Sparsity(_Strict):
     loss: Literal["paper", "authors_code"] = "paper"
     t: float = Field(0.5, ge=0, le=1)
     lambda_: float = Field(1.0, ge=0, alias="lambda")
+    # ratio control (kwyn.masks.RatioControl): the rounding threshold is moved so that this share of the
+    # encoder's parameters is removed, reached linearly over the first `ratio_ramp` share of the steps
+    ratio: Optional[float] = Field(None, gt=0, lt=1)
+    ratio_ramp: float = Field(0.5, gt=0, le=1)
+
+
+class Lottery(_Strict):
+    """Structured lottery-ticket trimming (Esling et al. 2020), kwyn.lottery."""
+    rounds: int = Field(3, ge=1)
+    share: float = Field(0.2, gt=0, lt=1)  # of the units still present, removed per round
+    score: Literal["magnitude", "activation", "gradient"] = "magnitude"
+    rewind_step: int = Field(0, ge=0)  # weights rewound to this step of round 1 (0: the pretrained weights)
+    steps: Optional[int] = Field(None, ge=1)  # training steps per round; None: train.steps
+    score_batches: int = Field(4, ge=1)  # batches for the activation and gradient scores
+
+
+class Convexity(_Strict):
+    """Convexity-based layer pruning (Dorszewski et al. 2024), kwyn.convexity."""
+    k: int = Field(10, ge=1)  # neighbours of the kNN graph
+    pairs_per_class: int = Field(100, ge=1)
+    examples: int = Field(256, ge=4)  # training examples embedded to score the layers
+    layers: Optional[int] = Field(None, ge=1)  # keep this many layers instead of the most convex one
+    # keep the earliest layer scoring within `tolerance` of the best (0: the most convex one, as the paper)
+    tolerance: float = Field(0.0, ge=0, le=1)
+    finetune: bool = False  # also train the kept encoder layers (encoder_lr), not only the head
 
 
 class Profile(_Strict):
@@ -219,21 +254,132 @@ class Profile(_Strict):
     eval_batch_size: int = Field(32, ge=1)
 
 
+class ProfileOverrides(_Strict):
+    input_seconds: Optional[float] = Field(None, gt=0)
+    batch: Optional[int] = Field(None, ge=1)
+    repeats: Optional[int] = Field(None, ge=1)
+    warmup: Optional[int] = Field(None, ge=0)
+    threads: Optional[int] = Field(None, ge=1)
+    eval_batch_size: Optional[int] = Field(None, ge=1)
+
+
 class Experiment(_Strict):
     backbone: str
     checkpoint: Optional[str] = None
     dataset: str
     task: str
-    method: Literal["base", "kwyn"]
+    method: Literal["base", "ssf", "kwyn", "lottery", "convexity"]
     sparsity: Optional[Sparsity] = None
+    lottery: Optional[Lottery] = None
+    convexity: Optional[Convexity] = None
     train: TrainOverrides = TrainOverrides()
+    profile: ProfileOverrides = ProfileOverrides()  # e.g. the input length a backbone is timed at
 
     @model_validator(mode="after")
-    def _sparsity_for_kwyn(self):
+    def _method_blocks(self):
         if self.method == "kwyn" and self.sparsity is None:
-            raise ValueError("method 'kwyn' needs a 'sparsity' block (loss, t, lambda)")
-        if self.method == "base" and self.sparsity is not None:
-            raise ValueError("method 'base' trains no mask: remove its 'sparsity' block")
+            raise ValueError("method 'kwyn' needs a 'sparsity' block (loss, t, lambda, and optionally ratio)")
+        if self.method != "kwyn" and self.sparsity is not None:
+            raise ValueError(f"method {self.method!r} trains no learned mask: remove its 'sparsity' block")
+        for block in ("lottery", "convexity"):
+            if getattr(self, block) is not None and self.method != block:
+                raise ValueError(f"a '{block}' block belongs to method '{block}', not {self.method!r}")
+        if self.method == "lottery" and self.lottery is None:
+            self.lottery = Lottery()
+        if self.method == "convexity" and self.convexity is None:
+            self.convexity = Convexity()
+        return self
+
+
+class Scratch(_Strict):
+    """The architecture a `kwyn` experiment found, re-initialised and trained with the encoder unfrozen."""
+    from_: str = Field(alias="from")  # the kwyn experiment whose kept units define the architecture
+    train: TrainOverrides = TrainOverrides()
+
+
+GridMethod = Literal["base", "ssf", "kwyn", "scratch", "lottery", "convexity"]
+
+
+class GridSpec(_Strict):
+    """A compact experiment grid (`grids:` in params.yaml), expanded by kwyn.grid into the active
+    sections: backbones x (dataset, task) x methods x ratios. `python -m kwyn.grid use NAME` writes
+    its expansion into `datasets`, `experiments`, `scratch` and the `train` keys it gives."""
+    description: str = ""
+    datasets: dict[str, Dataset]  # the grid's datasets, full definitions (the schema of top-level `datasets`)
+    tasks: dict[str, list[tuple[str, str]]]  # backbone -> [[dataset, task], ...]
+    methods: list[GridMethod]
+    methods_for: dict[str, list[GridMethod]] = {}  # backbone -> its own method list, replacing `methods`
+    ratios: list[Annotated[float, Field(gt=0, lt=1)]] = []  # kwyn (sparsity.ratio) and scratch: one each
+    name_by: Literal["dataset", "task"] = "dataset"  # <short backbone>_<dataset or task>_<method>[_<pct>]
+    sparsity: Sparsity = Sparsity()  # kwyn's block; `ratio` filled per experiment from `ratios`
+    lottery: Optional[Lottery] = None  # the lottery experiments' block (None: Lottery's defaults)
+    convexity: Optional[Convexity] = None  # the convexity experiments' block (None: Convexity's defaults)
+    train: TrainOverrides = TrainOverrides()  # replaces these keys of the top-level `train`
+    experiment_train: dict[str, TrainOverrides] = {}  # backbone -> `train` of its experiments (not scratch)
+    method_train: dict[str, TrainOverrides] = {}  # method -> `train` of its experiments, over experiment_train
+    scratch_train: TrainOverrides = TrainOverrides()  # `train` of every scratch entry
+    backbone_scratch_train: dict[str, TrainOverrides] = {}  # backbone -> scratch `train`, over scratch_train
+    profile: dict[str, ProfileOverrides] = {}  # backbone -> `profile` of its experiments
+    extra_experiments: dict[str, Experiment] = {}  # copied as they are, after their backbone's experiments
+    _raw: dict = PrivateAttr(default_factory=dict)  # the mapping as written (datasets and extras are copied from it)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_raw(cls, data, handler):
+        spec = handler(data)
+        if isinstance(data, dict):
+            import copy
+
+            spec._raw = copy.deepcopy(data)
+        return spec
+
+    def methods_of(self, backbone: str) -> list[str]:
+        return list(self.methods_for.get(backbone, self.methods))
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        from kwyn.backbones import BACKBONES
+
+        if self.sparsity.ratio is not None:
+            raise ValueError("sparsity.ratio: leave it out; each kwyn experiment gets one of `ratios`")
+        for backbone, pairs in self.tasks.items():
+            if backbone not in BACKBONES:
+                raise ValueError(f"tasks.{backbone}: unknown backbone; known: {sorted(BACKBONES)}")
+            for i, (dataset, task) in enumerate(pairs):
+                if dataset not in self.datasets:
+                    raise ValueError(f"tasks.{backbone}[{i}]: unknown dataset {dataset!r}; the grid's datasets: "
+                                     f"{sorted(self.datasets)}")
+                known = list(self.datasets[dataset].TASKS)
+                if task not in known:
+                    raise ValueError(f"tasks.{backbone}[{i}]: unknown task {task!r} for {dataset} "
+                                     f"({self.datasets[dataset].kind}); known: {known}")
+        for key in ("methods_for", "experiment_train", "backbone_scratch_train", "profile"):
+            stray = sorted(set(getattr(self, key)) - set(self.tasks))
+            if stray:
+                raise ValueError(f"{key}: backbone(s) {stray} have no `tasks` in this grid; its backbones: "
+                                 f"{sorted(self.tasks)}")
+        stray = sorted(set(self.method_train) - set(GridMethod.__args__) - {"scratch"})
+        if stray:
+            raise ValueError(f"method_train: unknown method(s) {stray}; known: {list(GridMethod.__args__)}")
+        if "scratch" in self.method_train:
+            raise ValueError("method_train.scratch: give scratch settings as `scratch_train`")
+        for backbone in self.tasks:
+            methods = self.methods_of(backbone)
+            if "scratch" in methods and ("kwyn" not in methods or not self.ratios):
+                raise ValueError(f"methods of {backbone}: scratch needs kwyn and `ratios` (one scratch entry "
+                                 "per kwyn ratio)")
+        listed = {m for b in self.tasks for m in self.methods_of(b)}
+        for block in ("lottery", "convexity"):
+            if getattr(self, block) is not None and block not in listed:
+                raise ValueError(f"{block}: a block for method {block!r}, which no backbone of the grid lists")
+        for name, exp in self.extra_experiments.items():
+            where = f"extra_experiments.{name}"
+            if exp.dataset not in self.datasets:
+                raise ValueError(f"{where}.dataset: unknown dataset {exp.dataset!r}; the grid's datasets: "
+                                 f"{sorted(self.datasets)}")
+            if exp.task not in self.datasets[exp.dataset].TASKS:
+                raise ValueError(f"{where}.task: unknown task {exp.task!r} for {exp.dataset}; known: "
+                                 f"{list(self.datasets[exp.dataset].TASKS)}")
         return self
 
 
@@ -242,11 +388,23 @@ class Params(_Strict):
     train: Train = Train()
     profile: Profile = Profile()
     experiments: dict[str, Experiment]
+    scratch: dict[str, Scratch] = {}
+    grids: dict[str, GridSpec] = {}  # compact grids, switched to by `python -m kwyn.grid use NAME`
 
     @model_validator(mode="after")
     def _references(self):
         from kwyn.backbones import BACKBONES
 
+        for name, entry in self.scratch.items():
+            where = f"scratch.{name}"
+            if "." in name or "@" in name:
+                raise ValueError(f"{where}: names may not contain '.' or '@'")
+            if name in self.experiments:
+                raise ValueError(f"{where}: the name is already an experiment; names must be unique")
+            source = self.experiments.get(entry.from_)
+            if source is None or source.method != "kwyn":
+                kwyn = sorted(k for k, e in self.experiments.items() if e.method == "kwyn")
+                raise ValueError(f"{where}.from: {entry.from_!r} is not a kwyn experiment; kwyn experiments: {kwyn}")
         for name, exp in self.experiments.items():
             where = f"experiments.{name}"
             if "." in name or "@" in name:
@@ -297,9 +455,20 @@ def validate(raw: dict, source: str = "params") -> Params:
         raise ParamsError(_format(error, source)) from None
 
 
+def read_yaml(text: str):
+    """params.yaml as DVC reads it: YAML 1.2 (ruamel), where yes/no/on/off are strings.
+
+    `dvc exp run -S` rewrites params.yaml with ruamel and drops the quotes of 'yes' and 'no'; a
+    YAML 1.1 reader (PyYAML) would then read them as booleans and disagree with DVC.
+    """
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
+
+
 def load_params(path: str | Path | None = None) -> Params:
     path = Path(path) if path else project_root() / "params.yaml"
-    return validate(yaml.safe_load(path.read_text()) or {}, str(path))
+    return validate(read_yaml(path.read_text()) or {}, str(path))
 
 
 class ResolvedExperiment(BaseModel):
@@ -312,17 +481,37 @@ class ResolvedExperiment(BaseModel):
     task: str
     method: str
     sparsity: Optional[Sparsity]
+    lottery: Optional[Lottery] = None
+    convexity: Optional[Convexity] = None
+    source: Optional[str] = None  # scratch: the kwyn experiment whose architecture is trained
     train: Train
     profile: Profile
+
+    @property
+    def target_ratio(self) -> Optional[float]:
+        return self.sparsity.ratio if self.sparsity else None
+
+
+def experiment_names(params: Params | None = None) -> list[str]:
+    """Every experiment of the grid, scratch entries after the experiments they come from."""
+    params = params or load_params()
+    return [*params.experiments, *params.scratch]
 
 
 def experiment(name: str, params: Params | None = None) -> ResolvedExperiment:
     params = params or load_params()
+    if name in params.scratch:
+        entry = params.scratch[name]
+        source = experiment(entry.from_, params)
+        train = params.train.model_copy(update=entry.train.model_dump(exclude_none=True))
+        return source.model_copy(update={"name": name, "method": "scratch", "source": entry.from_, "train": train})
     if name not in params.experiments:
-        raise ParamsError(f"unknown experiment {name!r}; defined: {sorted(params.experiments)}")
+        raise ParamsError(f"unknown experiment {name!r}; defined: {sorted(experiment_names(params))}")
     exp = params.experiments[name]
     overrides = exp.train.model_dump(exclude_none=True)
     return ResolvedExperiment(
         name=name, backbone=exp.backbone, checkpoint=exp.checkpoint, dataset=exp.dataset,
         dataset_params=params.datasets[exp.dataset], task=exp.task, method=exp.method,
-        sparsity=exp.sparsity, train=params.train.model_copy(update=overrides), profile=params.profile)
+        sparsity=exp.sparsity, lottery=exp.lottery, convexity=exp.convexity,
+        train=params.train.model_copy(update=overrides),
+        profile=params.profile.model_copy(update=exp.profile.model_dump(exclude_none=True)))

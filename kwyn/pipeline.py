@@ -1,5 +1,8 @@
 """What each pipeline stage does, by name: the notebooks call these and show the results.
 
+Also a command line, for running stages outside DVC (torchrun, a SLURM array: docs/scaling.md):
+  python -m kwyn.pipeline prepare|train|trim|evaluate <name>     python -m kwyn.pipeline report
+
 Paths (relative to the project root, see dvc.yaml):
   data/<dataset>/raw, data/<dataset>/prepared   01_prepare_data
   runs/<experiment>/                             02_train_masks (resumable)
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from kwyn import evaluate as _evaluate
 from kwyn import train as _train
-from kwyn.params import ResolvedExperiment, experiment, load_params, project_root  # noqa: F401
+from kwyn.params import ResolvedExperiment, experiment, experiment_names, load_params, project_root  # noqa: F401
 
 
 def root() -> Path:
@@ -94,7 +97,8 @@ def prepare(dataset: str) -> dict:
 
 def train(name: str, **kwargs) -> dict:
     exp = experiment(name)
-    return _train.train(exp, data_dir(exp.dataset) / "prepared", run_dir(name), **kwargs)
+    source = model_dir(exp.source) if exp.method == "scratch" else None
+    return _train.train(exp, data_dir(exp.dataset) / "prepared", run_dir(name), source_model_dir=source, **kwargs)
 
 
 def trim(name: str) -> dict:
@@ -112,8 +116,7 @@ def evaluate(name: str, progress: bool = True) -> dict:
 def report() -> dict:
     from kwyn import report as _report
 
-    params = load_params()
-    results = [_evaluate_result(name) for name in params.experiments]
+    results = [_evaluate_result(name) for name in experiment_names()]
     return _report.write_all(results, root() / "tables", root() / "figures")
 
 
@@ -124,3 +127,18 @@ def _evaluate_result(name: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run the evaluate stage of {name} first")
     return read_json(path)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m kwyn.pipeline", description="Run one pipeline stage.")
+    parser.add_argument("stage", choices=["prepare", "train", "trim", "evaluate", "report"])
+    parser.add_argument("name", nargs="?", help="dataset (prepare) or experiment (train, trim, evaluate)")
+    args = parser.parse_args()
+    if args.stage == "report":
+        report()
+    elif args.name is None:
+        parser.error(f"stage {args.stage} needs a name")
+    else:
+        globals()[args.stage](args.name)

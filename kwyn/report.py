@@ -1,19 +1,30 @@
-"""Tables and figures from the evaluation results (metrics/<experiment>.json).
+"""Tables and figures from the evaluation results (metrics/<experiment>.json), in the paper's shape.
 
-Each row is scored by its own primary metric (result["metric"]: weighted_accuracy for
-classification, mAP for tagging, wer for ASR) in the `score` column; w_acc / macro_acc
-(classification), roc_auc (tagging) and cer (ASR) are filled where they apply, NaN elsewhere.
-`higher_is_better` gives each metric's direction (WER: lower is better), and delta_vs_base is
-signed by it: positive = better than the base model, whatever the metric.
+Reads one result dict per experiment and writes:
+- tables/results.{md,csv}: one row per result (a lottery run gives one row per round), every metric.
+- tables/table1.{md,csv,tex}: the paper's Table I, one row per (model, dataset, task): base, SSF, scratch and
+  ours at 25/50/75 % of encoder parameters removed, the best trimming, and the related methods (lottery, convexity).
+- tables/table2.{md,csv,tex}: the paper's Table II, per model: base cost, and the fastest trimmed model within
+  5 % relative drop of the base model's score (select_fastest_within), per task and averaged per task kind.
+- figures/*.png: metric vs trimming, kept units per layer and site kind, metric vs latency (Pareto),
+  overlap of the masks of one backbone across tasks, convexity score per layer.
+Both tables carry the paper's own numbers (reference/paper_table{1,2}.csv) in rows with source == "paper".
+
+Each row is scored by its own primary metric (result["metric"]: weighted_accuracy for classification, mAP for
+tagging, wer for ASR) in the `score` column. `higher_is_better` gives its direction (WER: lower is better);
+delta_vs_base is signed by it (positive = better than base) and relative_drop likewise (positive = worse).
 """
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -21,107 +32,503 @@ from kwyn.io import atomic_path  # noqa: E402
 
 
 METRIC_LABELS = {"weighted_accuracy": "weighted accuracy", "mAP": "mAP", "wer": "WER (lower is better)"}
+METHODS = ["base", "ssf", "kwyn", "scratch", "lottery", "convexity"]
+TRIMMED_METHODS = ["kwyn", "lottery", "convexity"]  # the methods that give a smaller model to select in Table II
+RATIOS_PCT = (25, 50, 75)  # the paper's Table I columns
+RATIO_TOLERANCE_PCT = 2.0  # a run without target_ratio fills the XX % column if it removed XX +- 2 %
+MAX_RELATIVE_DROP = 0.05  # the paper's Table II rule
+TASK_KINDS = {"classification": "classif", "tagging": "tagging", "asr": "asr"}  # paper's Table II variant names
+GROUP = ["model", "dataset", "task"]
+NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one row per result
 
 
 def setting(result: dict) -> str:
-    if result["method"] == "base":
-        return "base"
-    return f"{result['method']} {result['sparsity_loss']} t={result['t']:g} λ={result['lambda']:g}"
+    method, target = result["method"], result.get("target_ratio")
+    target_text = f" target {100 * target:g}%" if target is not None else ""
+    if method in ("base", "ssf"):
+        return method
+    if method == "kwyn":
+        return (f"kwyn {result.get('sparsity_loss')} t={result.get('t', NAN):g} λ={result.get('lambda', NAN):g}"
+                + target_text)
+    if method == "scratch":
+        return "scratch" + (target_text or f" {100 * result['trim_ratio']:.0f}%")
+    if method == "lottery":
+        return f"lottery r{result['round']}"
+    if method == "convexity":
+        kept = (result.get("convexity") or {}).get("kept_layers")
+        return f"convexity {kept} layers" if kept is not None else "convexity"
+    return method
 
 
-def results_frame(results: list[dict]) -> pd.DataFrame:
-    nan = float("nan")
-    rows = [{"experiment": r["experiment"], "model": r["backbone"], "dataset": r["dataset"], "task": r["task"],
-             "method": r["method"], "setting": setting(r), "trim_pct": 100 * r["trim_ratio"],
-             "metric": r["metric"], "score": r["test"][r["metric"]], "masked_score": r["test_masked"][r["metric"]],
-             "w_acc": r["test"].get("weighted_accuracy", nan), "macro_acc": r["test"].get("macro_accuracy", nan),
-             "roc_auc": r["test"].get("roc_auc", nan), "cer": r["test"].get("cer", nan),
-             "higher_is_better": r.get("higher_is_better", True),  # results written before ASR: both higher
-             "masked_w_acc": r["test_masked"].get("weighted_accuracy", nan),
-             "max_abs_diff": r["max_abs_diff_masked_vs_trimmed"],
-             "params_m": r["params"] / 1e6, "size_mb": r["size_mb"], "gflops": r["gflops"], "gmacs": r["gmacs"],
-             "latency_ms": r["latency_ms"], "full_latency_ms": r["full_latency_ms"], "speedup": r["speedup"],
-             "flops_ratio": r["flops_ratio"], "input_seconds": r["input_seconds"], "threads": r["threads"]}
-            for r in results]
-    frame = pd.DataFrame(rows)
-    base = frame[frame.method == "base"].set_index(["model", "dataset", "task"])
-    for column in ("score", "w_acc"):
-        frame[f"base_{column}"] = [base[column].get((m, d, t)) for m, d, t in zip(frame.model, frame.dataset,
-                                                                                    frame.task)]
-    return frame.sort_values(["model", "dataset", "task", "trim_pct"]).reset_index(drop=True)
-
-
-def table1(frame: pd.DataFrame) -> pd.DataFrame:
-    """Test metric per model/task at each trimming setting, next to the base model's."""
-    out = frame[["model", "dataset", "task", "setting", "trim_pct", "w_acc", "macro_acc", "base_w_acc", "metric",
-                 "score", "base_score", "roc_auc", "cer", "higher_is_better"]].copy()
-    # in the row's own metric, signed so that positive = better (= w_acc - base_w_acc for w-acc, base - score for WER)
-    sign = out.higher_is_better.map({True: 1.0, False: -1.0})
-    out["delta_vs_base"] = sign * (out.score - out.base_score)
+def expand_rounds(results: list[dict]) -> list[dict]:
+    """A lottery result stands for its rounds: each round is a model of its own (the curve of metric vs ratio)."""
+    out = []
+    for r in results:
+        if r.get("method") == "lottery" and r.get("rounds"):
+            top = {k: v for k, v in r.items() if k != "rounds"}
+            out += [{**top, **round_result} for round_result in r["rounds"]]
+        else:
+            out.append(r)
     return out
 
 
+def results_frame(results: list[dict]) -> pd.DataFrame:
+    def row(r: dict) -> dict:
+        test, masked = r["test"], r.get("test_masked") or {}
+        target = r.get("target_ratio")
+        return {"experiment": r["experiment"], "model": r["backbone"], "dataset": r["dataset"], "task": r["task"],
+                "task_type": r.get("task_type", "classification"), "method": r["method"], "setting": setting(r),
+                "round": r.get("round"), "target_pct": NAN if target is None else 100 * target,
+                "trim_pct": 100 * r["trim_ratio"], "metric": r["metric"], "score": test[r["metric"]],
+                "masked_score": masked.get(r["metric"], NAN),
+                "w_acc": test.get("weighted_accuracy", NAN), "macro_acc": test.get("macro_accuracy", NAN),
+                "roc_auc": test.get("roc_auc", NAN), "cer": test.get("cer", NAN),
+                "higher_is_better": r.get("higher_is_better", True),  # results written before ASR: both higher
+                "masked_w_acc": masked.get("weighted_accuracy", NAN),
+                "max_abs_diff": r.get("max_abs_diff_masked_vs_trimmed", NAN),
+                "params_m": r["params"] / 1e6, "size_mb": r["size_mb"], "gflops": r["gflops"], "gmacs": r["gmacs"],
+                "full_size_mb": r.get("full_size_mb", NAN), "full_gflops": r.get("full_gflops", NAN),
+                "full_gmacs": r.get("full_gmacs", NAN), "latency_ms": r.get("latency_ms", NAN),
+                "full_latency_ms": r.get("full_latency_ms", NAN), "speedup": r.get("speedup", NAN),
+                "flops_ratio": r.get("flops_ratio", NAN), "input_seconds": r.get("input_seconds", NAN),
+                "threads": r.get("threads")}
+
+    frame = pd.DataFrame([row(r) for r in expand_rounds(results)])
+    frame["round"] = frame["round"].astype("Int64")
+    base = frame[frame.method == "base"].drop_duplicates(GROUP).set_index(GROUP)
+    for column in ("score", "w_acc"):
+        frame[f"base_{column}"] = [base[column].get(key, NAN) for key in zip(*(frame[c] for c in GROUP))]
+    sign = frame.higher_is_better.map({True: 1.0, False: -1.0})
+    frame["delta_vs_base"] = sign * (frame.score - frame.base_score)
+    frame["relative_drop"] = relative_drop(frame.score, frame.base_score, frame.higher_is_better)
+    return frame.sort_values(GROUP + ["method", "trim_pct"], key=_method_order).reset_index(drop=True)
+
+
+def _method_order(column: pd.Series) -> pd.Series:
+    if column.name != "method":
+        return column
+    return column.map(lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
+
+
+def relative_drop(score, base_score, higher_is_better):
+    """(base - score) / base when higher is better, (score - base) / base when lower is (WER): positive = worse."""
+    sign = np.where(higher_is_better, 1.0, -1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return sign * (np.asarray(base_score, float) - np.asarray(score, float)) / np.abs(base_score)
+
+
+def results_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The long detail table: every result (every lottery round) with every metric next to the base's."""
+    return frame[["model", "dataset", "task", "method", "setting", "experiment", "target_pct", "trim_pct", "metric",
+                  "higher_is_better", "score", "masked_score", "base_score", "delta_vs_base", "relative_drop",
+                  "w_acc", "macro_acc", "base_w_acc", "roc_auc", "cer", "max_abs_diff", "params_m", "size_mb",
+                  "gflops", "latency_ms", "full_latency_ms", "speedup"]].copy()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Table I
+
+
+def at_ratio(rows: pd.DataFrame, pct: float) -> pd.Series | None:
+    """The run standing for "pct % removed": asked for it (target_ratio), else, with no target, removed pct +- 2 %.
+
+    Among several, the one whose achieved ratio is closest to pct.
+    """
+    asked = rows[np.isclose(rows.target_pct, pct)]
+    near = rows[rows.target_pct.isna() & ((rows.trim_pct - pct).abs() <= RATIO_TOLERANCE_PCT)]
+    candidates = asked if len(asked) else near
+    if candidates.empty:
+        return None
+    return candidates.loc[(candidates.trim_pct - pct).abs().idxmin()]
+
+
+def best_row(rows: pd.DataFrame) -> pd.Series | None:
+    """The paper's "Best": the run with the best test score; on a tie, the one that removed more."""
+    if rows.empty:
+        return None
+    sign = 1.0 if rows.higher_is_better.iloc[0] else -1.0
+    return rows.assign(_key=sign * rows.score).sort_values(["_key", "trim_pct"]).iloc[-1]
+
+
+def table1(frame: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table I: one row per (model, dataset, task); scores of each method at 25/50/75 % removed."""
+    out = []
+    for (model, dataset, task), g in frame.groupby(GROUP, sort=False):
+        by = {m: g[g.method == m] for m in METHODS}
+        row = {"source": "kwyn", "model": model, "dataset": dataset, "task": task, "metric": g.metric.iloc[0],
+               "higher_is_better": bool(g.higher_is_better.iloc[0]),
+               "base": by["base"].score.iloc[0] if len(by["base"]) else NAN,
+               "ssf": by["ssf"].score.iloc[0] if len(by["ssf"]) else NAN}
+        for method, prefix in (("scratch", "scratch"), ("kwyn", "ours")):
+            for pct in RATIOS_PCT:
+                hit = at_ratio(by[method], pct)
+                row[f"{prefix}_{pct}"] = NAN if hit is None else hit.score
+        for name, best in (("best", best_row(by["kwyn"])), ("lottery_best", best_row(by["lottery"])),
+                           ("convexity", best_row(by["convexity"]))):
+            row[f"{name}_trim_pct"] = NAN if best is None else best.trim_pct
+            row[f"{name}_score"] = NAN if best is None else best.score
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+TABLE1_CAPTION = (
+    "Table I: test score per model and task (score = the task's primary metric, column metric; higher_is_better "
+    "gives its direction: WER is lower-is-better). base = frozen encoder + head; ssf = scale-and-shift at the mask "
+    "sites, nothing removed; scratch_XX / ours_XX = the trimmed architecture trained from scratch / our masked-then-"
+    "trimmed model with XX % of encoder parameters removed: the run trained for target ratio XX %, or, for runs "
+    "without a target, the run whose achieved ratio is within 2 points of XX % (closest first); empty = no such run. "
+    "best_trim_pct / best_score = as in the paper, the trimming ratio of our run with the best test score (over all "
+    "our runs, any ratio; on a tie the larger ratio) and that score. lottery_best_* = the best round of iterative "
+    "lottery-ticket trimming (same rule); convexity_* = convexity-based layer pruning. Ratios are achieved shares "
+    "of encoder parameters removed (%). Rows with source = paper are the paper's own numbers (its models and "
+    "datasets; WER in %), rows with source = kwyn are ours.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Table II
+
+
+def select_fastest_within(frame_or_rows, max_relative_drop: float = MAX_RELATIVE_DROP) -> pd.Series | None:
+    """The paper's Table II rule: among trimmed models, the fastest (highest measured speed-up) whose relative drop
+    from the base model's score is at most max_relative_drop. None when no candidate qualifies.
+
+    Rows need score, base_score, higher_is_better and speedup; on a speed-up tie the better score wins.
+    """
+    rows = pd.DataFrame(frame_or_rows).reset_index(drop=True)
+    if rows.empty:
+        return None
+    drop = relative_drop(rows.score, rows.base_score, rows.higher_is_better.astype(bool))
+    # a float tolerance: a drop of exactly 5 % computed as 0.05000000001 still qualifies
+    ok = rows[(drop <= max_relative_drop + 1e-12) & rows.speedup.notna()]
+    if ok.empty:
+        return None
+    sign = np.where(ok.higher_is_better.astype(bool), 1.0, -1.0)
+    return ok.assign(_score_key=sign * ok.score).sort_values(["speedup", "_score_key"]).iloc[-1].drop("_score_key")
+
+
 def table2(frame: pd.DataFrame) -> pd.DataFrame:
-    """Encoder cost of each model: size, FLOPs and measured speed-up over the full encoder."""
-    return frame[["model", "task", "setting", "trim_pct", "params_m", "size_mb", "gflops", "gmacs", "latency_ms",
-                  "full_latency_ms", "speedup", "flops_ratio", "input_seconds", "threads"]].copy()
+    """The paper's Table II: per model, the base cost and, per method, the fastest model within 5 % relative drop,
+    per task and averaged over the tasks of one kind (classification, tagging, ASR) as the paper does."""
+    cost = ["size_mb", "gflops", "gmacs", "latency_ms", "speedup"]
+    out = []
+    for model, m in frame.groupby("model", sort=False):
+        full = m.iloc[0]
+        out.append({"source": "kwyn", "model": model, "variant": "base", "method": "base", "size_mb": full.full_size_mb,
+                    "gflops": full.full_gflops, "gmacs": full.full_gmacs, "latency_ms": full.full_latency_ms,
+                    "speedup": 1.0})
+        for method in TRIMMED_METHODS:
+            picked = {}  # task kind -> selected rows
+            for (dataset, task), g in m[m.method == method].groupby(["dataset", "task"], sort=False):
+                name = "trim" if method == "kwyn" else method
+                best = select_fastest_within(g)
+                row = {"source": "kwyn", "model": model, "variant": f"{name} ({dataset}/{task})", "method": method,
+                       "tasks": f"{dataset}/{task}", "task_type": g.task_type.iloc[0]}
+                if best is None:
+                    row["note"] = f"no {method} model within {100 * MAX_RELATIVE_DROP:g} % of base"
+                else:
+                    row |= {"experiment": best.experiment, "setting": best.setting, "trim_pct": best.trim_pct,
+                            "score": best.score, "base_score": best.base_score,
+                            "relative_drop_pct": 100 * best.relative_drop, **{c: best[c] for c in cost}}
+                    picked.setdefault(best.task_type, []).append(row)
+                out.append(row)
+            for kind, rows in picked.items():
+                mean = pd.DataFrame(rows)[cost + ["trim_pct"]].mean()
+                out.append({"source": "kwyn", "model": model, "method": method,
+                            "variant": f"{'trim' if method == 'kwyn' else method}-{TASK_KINDS.get(kind, kind)}",
+                            "tasks": ", ".join(r["tasks"] for r in rows), "task_type": kind, **mean.to_dict(),
+                            "note": f"mean over {len(rows)} task(s)"})
+    columns = ["source", "model", "variant", "method", "tasks", "task_type", "experiment", "setting", "trim_pct",
+               "score", "base_score", "relative_drop_pct", *cost, "note"]
+    return pd.DataFrame(out).reindex(columns=columns)
 
 
-def _write_table(table: pd.DataFrame, stem: Path, caption: str) -> None:
+def table2_caption(frame: pd.DataFrame) -> str:
+    lengths = ", ".join(sorted({f"{s:g} s" for s in frame.input_seconds.dropna()}))
+    return ("Table II: encoder cost per model, at " + (lengths or "?") + " of input, batch 1. base = the full "
+            "encoder. For each task and method (trim = ours, lottery, convexity), the row is the FASTEST model "
+            "(highest measured speed-up) whose relative drop from the base model's score is at most 5 % ((base - "
+            "score) / base, or (score - base) / base for WER); a row with a note and no numbers means no model "
+            "qualified. Rows named <method>-<kind> average the selected models over the tasks of one kind, as the "
+            "paper does (classif, tagging, asr). size = params x 4 bytes (MB = 10^6 B); FLOPs by "
+            "torch.utils.flop_counter (GMACs = GFLOPs / 2); speed-up = median latency of the full encoder / "
+            "trimmed encoder, alternated in one process. Rows with source = paper are the paper's own numbers "
+            "(4 s input, its hardware).")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the paper's numbers beside ours
+
+
+def find_reference_dir(start: Path | None = None) -> Path | None:
+    """reference/ in the project, or the shared reference beside it; None when neither holds the paper's tables."""
+    root = Path(start) if start else Path(__file__).resolve().parent.parent
+    for candidate in (root / "reference", root / "shared" / "reference", root.parent / "shared" / "reference"):
+        if (candidate / "paper_table1.csv").exists():
+            return candidate
+    return None
+
+
+def with_paper(ours: pd.DataFrame, paper_csv: Path | None) -> pd.DataFrame:
+    if paper_csv is None or not Path(paper_csv).exists():
+        return ours
+    paper = pd.read_csv(paper_csv).assign(source="paper")
+    if "higher_is_better" in paper:
+        paper["higher_is_better"] = paper.higher_is_better.astype(bool)
+    return pd.concat([paper, ours], ignore_index=True).reindex(columns=list(ours.columns))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# writing tables
+
+
+def _write_table(table: pd.DataFrame, stem: Path, caption: str, latex: bool = True) -> None:
     with atomic_path(stem.with_suffix(".csv")) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4g")
     with atomic_path(stem.with_suffix(".md")) as tmp:
-        tmp.write_text(f"{caption}\n\n{table.to_markdown(index=False, floatfmt='.4g')}\n")
+        blank = table.astype(object).where(table.notna(), None)  # missing cells print empty, not "nan"
+        tmp.write_text(f"{caption}\n\n{blank.to_markdown(index=False, floatfmt='.4g', missingval='')}\n")
+    if latex:
+        with atomic_path(stem.with_suffix(".tex")) as tmp:
+            tmp.write_text(_latex(table, caption, label=f"tab:{stem.name}"))
+
+
+def _latex(table: pd.DataFrame, caption: str, label: str) -> str:
+    body = table.to_latex(index=False, escape=True, na_rep="--", float_format=lambda x: f"{x:.4g}",
+                          column_format="".join("r" if pd.api.types.is_numeric_dtype(t) and t != bool else "l"
+                                                for t in table.dtypes))
+    text = ("\\begin{table*}\n\\centering\n\\scriptsize\n\\caption{" + _latex_escape(caption) + "}\n\\label{"
+            + label + "}\n" + body + "\\end{table*}\n")
+    return text.replace("λ", r"$\lambda$")  # settings name the sparsity weight; pdflatex has no λ glyph
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], text)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# figures
+
+
+STYLE = {"kwyn": dict(marker="o", ls="-", color="C0"), "scratch": dict(marker="s", ls="", color="C1"),
+         "lottery": dict(marker="^", ls="-", color="C2"), "convexity": dict(marker="D", ls="", color="C3"),
+         "ssf": dict(marker="P", ls="", color="C4"), "base": dict(marker="*", ls="", color="grey")}
+LABELS = {"kwyn": "kwyn (masks, then trimmed)", "scratch": "scratch (trimmed architecture re-trained)",
+          "lottery": "lottery (rounds)", "convexity": "convexity (layers dropped)", "ssf": "SSF (nothing removed)",
+          "base": "base (frozen encoder + head)"}
+
+
+def _axes(n: int, width: float = 5.5, height: float = 4.0):
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _message_figure(path: Path, text: str) -> None:
+    """A figure that says why there is nothing to plot: the set of figures stays the same whatever ran."""
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    ax.axis("off")
+    _save(fig, path)
+
+
+def _ylabel(g: pd.DataFrame) -> str:
+    return "test " + " / ".join(METRIC_LABELS.get(m, m) for m in dict.fromkeys(g.metric))
 
 
 def plot_metric_vs_trimming(frame: pd.DataFrame, path: Path) -> None:
-    groups = list(frame.groupby(["model", "dataset", "task"]))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
-    for ax, ((model, dataset, task), g) in zip(axes[0], groups):
-        trimmed = g[g.method != "base"].sort_values("trim_pct")
-        ax.plot(trimmed.trim_pct, trimmed.score, "o-", label="kwyn (masks trained, then trimmed)")
-        for _, row in trimmed.iterrows():
-            ax.annotate(row.setting.removeprefix("kwyn "), (row.trim_pct, row.score), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)
-        for _, row in g[g.method == "base"].iterrows():
-            ax.axhline(row.score, color="grey", ls="--", label="base (frozen encoder + head)")
-        metrics = " / ".join(METRIC_LABELS.get(m, m) for m in dict.fromkeys(g.metric))
-        ax.set(title=f"{model} / {dataset} {task}", xlabel="encoder parameters removed (%)",
-               ylabel=f"test {metrics}", xlim=(-2, 100))
-        ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    groups = list(frame.groupby(GROUP, sort=False))
+    fig, axes = _axes(len(groups))
+    for ax, ((model, dataset, task), g) in zip(axes, groups):
+        for method in ("kwyn", "scratch", "lottery", "convexity"):
+            rows = g[g.method == method].sort_values("round" if method == "lottery" else "trim_pct")
+            if len(rows):
+                ax.plot(rows.trim_pct, rows.score, label=LABELS[method], **STYLE[method])
+        for method, ls in (("base", "--"), ("ssf", ":")):
+            for _, row in g[g.method == method].iterrows():
+                ax.axhline(row.score, color=STYLE[method]["color"], ls=ls, label=LABELS[method])
+        ax.set(title=f"{model} / {dataset} {task}", xlabel="encoder parameters removed (%)", ylabel=_ylabel(g),
+               xlim=(-2, 100))
+        ax.legend(fontsize=7)
+    _save(fig, path)
 
 
-def plot_kept_units(results: list[dict], path: Path) -> None:
-    rows = {f"{r['experiment']} ({100 * r['trim_ratio']:.0f}% removed)":
-            {site: r["kept_units"][site] / units for site, units in r["site_units"].items()} for r in results}
-    kept = pd.DataFrame(rows).T
-    fig, ax = plt.subplots(figsize=(1.1 * kept.shape[1] + 4, 0.5 * kept.shape[0] + 1.5))
-    sns.heatmap(kept, vmin=0, vmax=1, annot=True, fmt=".2f", cmap="viridis", ax=ax,
-                cbar_kws={"label": "share of units kept"})
-    ax.set(xlabel="mask site (layer)", ylabel="experiment", title="Units kept per layer")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+def layer_index(site: str, position: int) -> int:
+    """A site's layer: the first integer in its name (conv3 -> 3, layers.2.ffn -> 2), else its position."""
+    found = re.search(r"\d+", site)
+    return int(found.group()) if found else position
 
 
-def write_all(results: list[dict], tables_dir: Path, figures_dir: Path) -> dict:
+def site_kind(result: dict, site: str) -> str:
+    kinds = result.get("site_kinds") or {}
+    if site in kinds:
+        return kinds[site]
+    # results written before site_kinds: guess from the name
+    name = site.lower()
+    if "attention" in name or "head" in name:
+        return "attention_heads"
+    if "ffn" in name or "feed_forward" in name or "intermediate" in name or "fc" in name:
+        return "ffn_units"
+    return "conv_channels" if "conv" in name else "units"
+
+
+def kept_share(result: dict) -> pd.DataFrame:
+    """Share of units kept, site kind (rows) x layer (columns), pooled over the sites of one layer and kind."""
+    rows = [{"kind": site_kind(result, site), "layer": layer_index(site, i),
+             "kept": result["kept_units"].get(site, units), "units": units}
+            for i, (site, units) in enumerate(result["site_units"].items())]
+    sums = pd.DataFrame(rows).groupby(["kind", "layer"])[["kept", "units"]].sum()
+    return (sums.kept / sums.units).unstack("layer").sort_index(axis=1)
+
+
+def closest_to(frame: pd.DataFrame, pct: float = 50.0) -> pd.DataFrame:
+    """Per (model, dataset, task), the kwyn run closest to pct % removed: one mask to show per task."""
+    kwyn = frame[frame.method == "kwyn"]
+    return kwyn.loc[(kwyn.trim_pct - pct).abs().groupby([kwyn[c] for c in GROUP], sort=False).idxmin()]
+
+
+def plot_kept_units(frame: pd.DataFrame, results: list[dict], path: Path) -> None:
+    by_name = {r["experiment"]: r for r in results}
+    chosen = closest_to(frame)
+    if chosen.empty:
+        return _message_figure(path, "no kwyn results: no learned masks to show")
+    fig, axes = _axes(len(chosen), width=6.5, height=3.0)
+    for ax, (_, row) in zip(axes, chosen.iterrows()):
+        share = kept_share(by_name[row.experiment])
+        sns.heatmap(share, vmin=0, vmax=1, annot=share.shape[1] <= 16, fmt=".2f", cmap="viridis", ax=ax,
+                    cbar_kws={"label": "share of units kept"})
+        ax.set(title=f"{row.model} / {row.dataset} {row.task}: {row.trim_pct:.0f}% removed", xlabel="layer",
+               ylabel="site kind")
+    _save(fig, path)
+
+
+def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows no other row beats on both latency and score: sorted by latency, each better than all faster ones."""
+    sign = 1.0 if rows.higher_is_better.iloc[0] else -1.0
+    rows = rows.dropna(subset=["latency_ms", "score"]).sort_values(["latency_ms", "score"],
+                                                                     ascending=[True, sign < 0])
+    best, keep = -math.inf, []
+    for index, score in zip(rows.index, sign * rows.score):
+        if score > best:
+            best = score
+            keep.append(index)
+    return rows.loc[keep]
+
+
+def plot_pareto_latency(frame: pd.DataFrame, path: Path) -> None:
+    groups = list(frame.groupby(GROUP, sort=False))
+    fig, axes = _axes(len(groups))
+    for ax, ((model, dataset, task), g) in zip(axes, groups):
+        for method in METHODS:
+            rows = g[g.method == method]
+            if len(rows):
+                ax.scatter(rows.latency_ms, rows.score, marker=STYLE[method]["marker"],
+                           color=STYLE[method]["color"], label=LABELS[method], zorder=3)
+        front = pareto_front(g)
+        ax.step(front.latency_ms, front.score, where="post", color="black", lw=1, alpha=0.6, label="Pareto front")
+        ax.set(title=f"{model} / {dataset} {task}", xlabel="measured encoder latency (ms, batch 1)",
+               ylabel=_ylabel(g))
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def mask_iou(a: dict, b: dict) -> float:
+    """Intersection over union of two kept-unit sets ({site: [unit indices]}), pooled over all sites."""
+    sa = {(site, i) for site, kept in a.items() for i in kept}
+    sb = {(site, i) for site, kept in b.items() for i in kept}
+    return len(sa & sb) / len(sa | sb) if sa | sb else NAN
+
+
+def mask_overlap(frame: pd.DataFrame, results: list[dict]) -> dict[str, pd.DataFrame]:
+    """Per backbone with kept_indices on >= 2 tasks: task x task IoU of the masks (per task, the run nearest 50 %)."""
+    by_name = {r["experiment"]: r for r in results}
+    with_indices = frame[[bool(by_name.get(e, {}).get("kept_indices")) for e in frame.experiment]]
+    out = {}
+    for model, g in closest_to(with_indices).groupby("model", sort=False):
+        if len(g) < 2:
+            continue
+        names = [f"{d}/{t}\n({p:.0f}% removed)" for d, t, p in zip(g.dataset, g.task, g.trim_pct)]
+        masks = [by_name[e]["kept_indices"] for e in g.experiment]
+        out[model] = pd.DataFrame([[mask_iou(a, b) for b in masks] for a in masks], index=names, columns=names)
+    return out
+
+
+def plot_mask_overlap(frame: pd.DataFrame, results: list[dict], path: Path) -> dict[str, pd.DataFrame]:
+    overlaps = mask_overlap(frame, results)
+    if not overlaps:
+        _message_figure(path, "mask overlap needs kwyn results with kept_indices on at least two tasks of one "
+                              "backbone: none here")
+        return overlaps
+    fig, axes = _axes(len(overlaps), width=5.5, height=4.5)
+    for ax, (model, iou) in zip(axes, overlaps.items()):
+        sns.heatmap(iou, vmin=0, vmax=1, annot=True, fmt=".2f", cmap="magma", ax=ax,
+                    cbar_kws={"label": "IoU of kept units"})
+        ax.set(title=f"{model}: overlap of kept units between tasks", xlabel="task", ylabel="task")
+    _save(fig, path)
+    return overlaps
+
+
+def plot_convexity(results: list[dict], path: Path) -> None:
+    runs = [r for r in results if r.get("method") == "convexity" and (r.get("convexity") or {}).get("scores")]
+    if not runs:
+        return _message_figure(path, "no convexity results: no per-layer convexity scores to plot")
+    models = list(dict.fromkeys(r["backbone"] for r in runs))
+    fig, axes = _axes(len(models))
+    for ax, model in zip(axes, models):
+        for i, r in enumerate(r for r in runs if r["backbone"] == model):
+            scores = r["convexity"]["scores"]
+            line, = ax.plot(range(1, len(scores) + 1), scores, "o-", color=f"C{i}",
+                            label=f"{r['dataset']}/{r['task']} (kept {r['convexity'].get('kept_layers')})")
+            if r["convexity"].get("kept_layers") is not None:
+                ax.axvline(r["convexity"]["kept_layers"], color=line.get_color(), ls=":", alpha=0.7)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set(title=f"{model}: graph convexity per layer (dotted: layers kept)",
+               xlabel="transformer layer (output of layer i)", ylabel="convexity score (share, 0-1)")
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def write_all(results: list[dict], tables_dir: Path, figures_dir: Path, reference_dir: Path | None = None) -> dict:
+    """Write every table and figure; reference_dir holds the paper's paper_table{1,2}.csv (found if not given)."""
+    tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
+    reference_dir = Path(reference_dir) if reference_dir else find_reference_dir()
     frame = results_frame(results)
-    lengths = sorted({f"{s:g} s" for s in frame.input_seconds})
-    t1, t2 = table1(frame), table2(frame)
-    _write_table(t1, Path(tables_dir) / "table1", "Table 1: test metric per trimming setting; score = the row's "
-                 "primary metric (column metric: weighted_accuracy (= accuracy) for classification, mAP for tagging, "
-                 "wer for ASR; higher_is_better gives its direction); w_acc, macro_acc (classification), roc_auc "
-                 "(tagging) and cer (ASR) where they apply; trim_pct = share of encoder parameters removed; "
-                 "delta_vs_base = improvement over the base score (score - base, or base - score where lower is "
-                 "better).")
-    _write_table(t2, Path(tables_dir) / "table2", f"Table 2: encoder cost at {', '.join(lengths)} of input, batch 1; "
-                 "size = params x 4 bytes (MB = 10^6 B); FLOPs by torch.utils.flop_counter (GMACs = GFLOPs / 2); "
-                 "speed-up = median latency of the full encoder / trimmed encoder, alternated in one process.")
-    plot_metric_vs_trimming(frame, Path(figures_dir) / "metric_vs_trimming.png")
-    plot_kept_units(results, Path(figures_dir) / "kept_units_per_layer.png")
-    return {"table1": t1, "table2": t2}
+    detail = results_table(frame)
+    t1 = with_paper(table1(frame), reference_dir and reference_dir / "paper_table1.csv")
+    t2 = with_paper(table2(frame), reference_dir and reference_dir / "paper_table2.csv")
+
+    _write_table(detail, tables_dir / "results", "All results: one row per model (lottery: per round). score = the "
+                 "row's primary metric (column metric; higher_is_better gives its direction); w_acc, macro_acc "
+                 "(classification), roc_auc (tagging) and cer (ASR) where they apply; trim_pct = share of encoder "
+                 "parameters removed, target_pct = the ratio asked for; delta_vs_base = improvement over the base "
+                 "score (signed so positive = better); relative_drop = loss relative to base (positive = worse); "
+                 "max_abs_diff = masked vs trimmed outputs.", latex=False)
+    _write_table(t1, tables_dir / "table1", TABLE1_CAPTION)
+    _write_table(t2, tables_dir / "table2", table2_caption(frame))
+
+    plot_metric_vs_trimming(frame, figures_dir / "metric_vs_trimming.png")
+    plot_kept_units(frame, results, figures_dir / "kept_units_heatmap.png")
+    plot_pareto_latency(frame, figures_dir / "pareto_latency.png")
+    overlaps = plot_mask_overlap(frame, results, figures_dir / "mask_overlap.png")
+    plot_convexity(results, figures_dir / "convexity_per_layer.png")
+    return {"results": detail, "table1": t1, "table2": t2, "frame": frame, "mask_overlap": overlaps}

@@ -2,9 +2,13 @@
 
 On disk (DPHuBERT's idea: config + weights, rebuilt from the config):
   config.json         backbone config (names its family), head config, kept unit indices per
-                      site, units per site before trimming, and free-form metadata
-  model.safetensors   weights of the trimmed backbone ("backbone.*") and head ("head.*")
-Rebuilding = build the backbone from its config, trim it to the kept units, load the weights.
+                      site, units per site before trimming, the kind of site modulation kept
+                      with the model (SSF's scale-and-shift; none for trimmed models) and
+                      free-form metadata
+  model.safetensors   weights of the trimmed backbone ("backbone.*"), head ("head.*") and
+                      modulations ("modulations.*")
+Rebuilding = build the backbone from its config, trim it to the kept units, re-attach the
+modulations, load the weights.
 """
 from __future__ import annotations
 
@@ -27,14 +31,15 @@ def trim_model(backbone: Backbone, kept_units: dict[str, list[int]]) -> Backbone
 
 
 def save_trimmed(model: TaskModel, kept_units: dict[str, list[int]], site_units: dict[str, int], path: str | Path,
-                 metadata: dict | None = None, base_config: dict | None = None) -> None:
+                 metadata: dict | None = None, base_config: dict | None = None, modulations: str | None = None) -> None:
     """Save a TaskModel whose backbone was trimmed to `kept_units`.
 
-    base_config is the backbone's config before trimming (defaults to model.backbone.config).
+    base_config is the backbone's config before trimming (defaults to model.backbone.config);
+    modulations: "ssf" when model.modulations holds SSF's scale-and-shift (attached by hooks).
     """
     config = {"backbone": base_config or model.backbone.config, "head": model.head.config,
               "kept_units": {k: [int(i) for i in v] for k, v in kept_units.items()},
-              "site_units": site_units, "metadata": metadata or {}}
+              "site_units": site_units, "modulations": modulations, "metadata": metadata or {}}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         tmp.mkdir()
@@ -50,6 +55,11 @@ def load_trimmed(path: str | Path) -> TaskModel:
     config = json.loads((path / "config.json").read_text())
     backbone = trim_model(build_backbone(config["backbone"]), config["kept_units"])
     model = task_model(backbone, build_head(config["head"]))  # an ASR head's config holds its vocabulary
+    if config.get("modulations") == "ssf":
+        from kwyn.ssf import ScaleShiftSet
+
+        model.modulations = ScaleShiftSet(backbone.mask_sites())
+        model.modulations.attach(backbone)
     model.load_state_dict(load_file(path / "model.safetensors"))
     model.config = config
     return model.eval()

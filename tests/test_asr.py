@@ -16,7 +16,7 @@ from kwyn.backbones.whisper import WhisperEncoderBackbone
 from kwyn.masks import MaskSet
 from kwyn.metrics import TASK_TYPES
 from kwyn.params import ParamsError, validate
-from kwyn.report import table1, results_frame
+from kwyn.report import results_frame, results_table
 from kwyn.sites import attach_all
 
 W2V_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -144,7 +144,7 @@ def test_librispeech_trains_trims_and_evaluates_by_wer(tmp_path, monkeypatch):
 
     base = {**result, "experiment": "asr_base", "method": "base", "test": {**result["test"], "wer": 0.9}}
     trimmed = {**result, "test": {**result["test"], "wer": 0.6}}
-    t1 = table1(results_frame([base, trimmed]))
+    t1 = results_table(results_frame([base, trimmed]))
     row = t1[t1.setting != "base"].iloc[0]
     assert row.metric == "wer" and row.delta_vs_base == pytest.approx(0.3)  # lower WER = positive delta
 

@@ -42,9 +42,13 @@ def test_the_shipped_params_are_valid():
     (lambda r: first_kwyn(r)["sparsity"].update(t=-0.1), r"sparsity.t: Input should be greater than or equal to 0"),
     (lambda r: first_kwyn(r)["sparsity"].update(loss="l1"), r"sparsity.loss: Input should be 'paper' or 'authors_code'"),
     (lambda r: first_kwyn(r).update(backbone="crepe-huge"), r"backbone: unknown backbone 'crepe-huge'; known: \[.*'crepe-full'"),
-    (lambda r: first_kwyn(r).update(dataset="esc50"), r"dataset: unknown dataset 'esc50'; defined: \['notes'\]"),
+    (lambda r: first_kwyn(r).update(dataset="esc50"), r"dataset: unknown dataset 'esc50'; defined: \['notes', 'words'\]"),
     (lambda r: first_kwyn(r).update(task="tempo"), r"task: unknown task 'tempo' for notes; known: \['pitch', 'instrument_family'\]"),
-    (lambda r: first_kwyn(r).update(method="prune"), r"method: Input should be 'base' or 'kwyn'"),
+    (lambda r: first_kwyn(r).update(method="prune"), r"method: Input should be 'base', 'ssf', 'kwyn', 'lottery' or 'convexity'"),
+    (lambda r: first_kwyn(r).update(method="ssf"), r"method 'ssf' trains no learned mask: remove its 'sparsity' block"),
+    (lambda r: first_kwyn(r)["sparsity"].update(ratio=1.5), r"sparsity.ratio: Input should be less than 1"),
+    (lambda r: r.update(scratch={"s": {"from": "nope"}}), r"scratch.s.from: 'nope' is not a kwyn experiment"),
+    (lambda r: r.update(scratch={"s": {"from": "crepe_pitch_kwyn_25", "train": {"precision": "fp8"}}}), r"scratch.s.train.precision: Input should be 'fp32', 'bf16' or 'fp16'"),
     (lambda r: first_kwyn(r).pop("sparsity"), r"method 'kwyn' needs a 'sparsity' block"),
     (lambda r: r["datasets"]["notes"].update(on_bad_audio="ignore"), r"on_bad_audio: Input should be 'error' or 'skip'"),
     # the other dataset kinds
@@ -63,17 +67,32 @@ def test_the_shipped_params_are_valid():
     (with_dataset({"kind": "custom"}), r"datasets.d.path: Field required"),
     (with_dataset({"kind": "fsd50k", "root": "x", "on_bad_audio": "drop"}),
      r"datasets.d.on_bad_audio: Input should be 'error' or 'skip'"),
-    (with_dataset({"kind": "spoken_commands", "words": [True, "go"]}), r"datasets.d.words: quote the words 'yes'"),
+    (with_dataset({"kind": "spoken_commands", "words": [True, "go"]}), r"datasets.d.words: a word is a boolean .*: quote it"),
     (with_dataset({"kind": "esc50", "root": "x"}, task="pitch"), r"task: unknown task 'pitch' for d; known: \['category'\]"),
     (with_dataset({"kind": "magnatagatune", "download": True}, task="genre"),
      r"task: unknown task 'genre' for d; known: \['tags'\]"),
     (lambda r: (with_dataset({"kind": "librispeech", "root": "x"}, task="transcript")(r),
                 first_kwyn(r).update(backbone="clap-cnn14")),
-     r"experiments.crepe_pitch_kwyn_l1.backbone: 'clap-cnn14' gives no frame sequence .* cannot serve the ASR task"),
+     r"experiments.crepe_pitch_kwyn_25.backbone: 'clap-cnn14' gives no frame sequence .* cannot serve the ASR task"),
 ])
 def test_bad_params_name_the_key_and_allowed_values(edit, expected):
     with pytest.raises(ParamsError, match=expected):
         validate(broken(edit))
+
+
+def test_params_rewritten_by_dvc_exp_run_set_read_the_same(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with ruamel, dropping the quotes of 'yes' and 'no'."""
+    from dvc.utils.serialize import modify_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    with modify_yaml(path) as data:
+        data["train"]["steps"] = 7
+    assert "[yes, no," in path.read_text()  # what DVC writes: unquoted
+    before, after = load_params(ROOT / "params.yaml"), load_params(path)
+    assert after.train.steps == 7
+    assert after.datasets["words"].words == before.datasets["words"].words
+    assert after.datasets["words"].words[:2] == ["yes", "no"]
 
 
 def test_every_kind_validates_with_its_tasks():

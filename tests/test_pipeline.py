@@ -22,6 +22,13 @@ def run(cmd, cwd, check=True):
     return result
 
 
+def grid_params() -> dict:
+    """The tiny grid with a scratch entry too: the scratch stages wait for their kwyn experiment's model."""
+    params = tiny_params(steps=6)
+    params["scratch"] = {"tiny_scratch": {"from": "tiny_kwyn", "train": {"steps": 3}}}
+    return params
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A git copy of the project's tracked files, with a tiny params.yaml, reproduced once."""
@@ -33,7 +40,7 @@ def repo(tmp_path_factory) -> Path:
                 and name != "dvc.lock":
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, copy / name)
-    (copy / "params.yaml").write_text(yaml.safe_dump(tiny_params(steps=6), sort_keys=False))
+    (copy / "params.yaml").write_text(yaml.safe_dump(grid_params(), sort_keys=False))
     run(["git", "init", "-q"], copy)
     run(["dvc", "repro"], copy)
     return copy
@@ -41,8 +48,10 @@ def repo(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_repro_writes_tables_figures_and_executed_notebooks(repo):
-    for path in ["tables/table1.md", "tables/table1.csv", "tables/table2.md", "tables/table2.csv",
-                 "figures/metric_vs_trimming.png", "figures/kept_units_per_layer.png",
+    for path in ["tables/table1.md", "tables/table1.csv", "tables/table1.tex", "tables/table2.md",
+                 "tables/table2.csv", "tables/table2.tex", "tables/results.csv",
+                 "figures/metric_vs_trimming.png", "figures/kept_units_heatmap.png", "figures/pareto_latency.png",
+                 "figures/mask_overlap.png",
                  "executed/05_report.ipynb", "executed/02_train_masks/tiny_kwyn.ipynb",
                  "models/tiny_kwyn/model.safetensors", "dvc.lock"]:
         assert (repo / path).exists(), path
@@ -53,6 +62,25 @@ def test_repro_writes_tables_figures_and_executed_notebooks(repo):
                cell.metadata.get("tags", []))
     table1 = (repo / "tables" / "table1.csv").read_text()
     assert "crepe-tiny" in table1 and "base" in table1
+    scratch = json.loads((repo / "metrics" / "tiny_scratch.json").read_text())
+    kwyn = json.loads((repo / "metrics" / "tiny_kwyn.json").read_text())
+    assert scratch["method"] == "scratch" and scratch["kept_indices"] == kwyn["kept_indices"]
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_set_param_runs_one_ablation(repo):
+    """`dvc exp run -S` asks kwyn for a trimming ratio: only that experiment, its scratch and the report rerun."""
+    (repo / "params.yaml").write_text(yaml.safe_dump(grid_params(), sort_keys=False))
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=kwyn", "-c", "user.email=kwyn@localhost", "commit", "-qm", "tiny grid"], repo)
+    out = run(["dvc", "exp", "run", "-S", "+experiments.tiny_kwyn.sparsity.ratio=0.5"], repo).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train@tiny_kwyn", "trim@tiny_kwyn", "evaluate@tiny_kwyn", "train_scratch@tiny_scratch",
+                   "trim_scratch@tiny_scratch", "evaluate_scratch@tiny_scratch", "report"}, out
+    result = json.loads((repo / "metrics" / "tiny_kwyn.json").read_text())
+    assert result["target_ratio"] == 0.5 and abs(result["trim_ratio"] - 0.5) <= 0.02
+    shown = run(["dvc", "exp", "show", "--csv"], repo).stdout
+    assert "experiments.tiny_kwyn.sparsity.ratio" in shown
 
 
 @pytest.mark.slow
@@ -61,9 +89,11 @@ def test_second_repro_does_nothing_and_one_param_reruns_only_its_stages(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["experiments"]["tiny_kwyn"]["sparsity"]["t"] = 0.4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dry = run(["dvc", "repro", "--dry"], repo).stdout
-    ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train@tiny_kwyn", "trim@tiny_kwyn", "evaluate@tiny_kwyn", "report"}, dry
+    # a real repro, not --dry: a dry run cannot know that train's new outputs change the stages after it
+    out = run(["dvc", "repro"], repo).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train@tiny_kwyn", "trim@tiny_kwyn", "evaluate@tiny_kwyn", "train_scratch@tiny_scratch",
+                   "trim_scratch@tiny_scratch", "evaluate_scratch@tiny_scratch", "report"}, out
 
 
 @pytest.mark.slow

@@ -67,8 +67,8 @@ def test_multilabel_custom_csv_trains_with_bce_and_is_scored_by_map(tmp_path, mo
     assert result["max_abs_diff_masked_vs_trimmed"] < 1e-5 and result["test"] == result["test_masked"]
     assert 0 <= result["val_metric"] <= 1
 
-    table1 = write_all([result], root / "tables", root / "figures")["table1"]
-    row = table1.iloc[0]
+    results = write_all([result], root / "tables", root / "figures")["results"]
+    row = results.iloc[0]
     assert row.metric == "mAP" and row.score == result["test"]["mAP"] and math.isnan(row.w_acc)
     assert (root / "figures" / "metric_vs_trimming.png").exists()
 

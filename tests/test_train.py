@@ -53,8 +53,8 @@ def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupte
     assert a["row"] == b["row"]
     for key in a["head"]:
         torch.testing.assert_close(a["head"][key], b["head"][key])
-    for key in a["masks"]:
-        torch.testing.assert_close(a["masks"][key], b["masks"][key])
+    for key in a["modulations"]:
+        torch.testing.assert_close(a["modulations"][key], b["modulations"][key])
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path, tiny_data):

@@ -55,6 +55,24 @@ class Backbone(nn.Module):
         """Remove every unit not listed in keep[site] (sorted unit indices), in place."""
         raise NotImplementedError
 
+    # -- layer pruning (kwyn.convexity): families with a stack of transformer layers ------
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers this backbone runs now (after any keep_layers)."""
+        raise NotImplementedError(f"backbone family {self.family!r} has no transformer layer stack to count")
+
+    def layer_embeddings(self, audio: torch.Tensor) -> list[torch.Tensor]:
+        """(batch, samples) -> one (batch, embedding_dim) time-averaged embedding per transformer layer
+        (index 0: the first layer's output), from one forward pass. Entry i - 1 is exactly what `embed`
+        returns after keep_layers(i): the layer's output through the encoder's own post-layer processing."""
+        raise NotImplementedError(f"backbone family {self.family!r} gives no per-layer embeddings "
+                                  "(no transformer layer stack), so it cannot be layer-pruned")
+
+    def keep_layers(self, n: int) -> None:
+        """Physically drop every transformer layer after the n-th (1 <= n <= num_layers), in place; the
+        count is recorded in self.config, so build_backbone(self.config) builds n layers."""
+        raise NotImplementedError(f"backbone family {self.family!r} has no transformer layers to drop")
+
     # -- shared -------------------------------------------------------------------------
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         return self.embed(audio)

@@ -196,6 +196,52 @@ class Wav2Vec2Backbone(Backbone):
                 prune.linear_out(layer.feed_forward.intermediate_dense, idx)
                 prune.linear_in(layer.feed_forward.output_dense, idx)
 
+    # -- layer pruning (kwyn.convexity) -------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.encoder.layers)
+
+    def layer_embeddings(self, audio: torch.Tensor, sample_rate: int | None = None) -> list[torch.Tensor]:
+        """(batch, samples) of 16 kHz audio -> per transformer layer i (list index i - 1), (batch, hidden_size):
+        layer i's output through what follows the layers in the model, averaged over time. What follows is
+        the encoder's final layer_norm for pre-norm encoders (do_stable_layer_norm: large-lv60 style), nothing
+        for post-norm ones (wav2vec2-base, HuBERT/WavLM base: their encoder layer_norm acts before layer 1),
+        then the model's adapter if it has one. One forward pass (`embed`, with hooks on the layers, so input
+        normalisation and checks are embed's); entry i - 1 is `embed` after keep_layers(i)."""
+        outputs = []
+        handles = [layer.register_forward_hook(
+            lambda module, args, output: outputs.append(output[0] if isinstance(output, tuple) else output))
+            for layer in self.model.encoder.layers]
+        try:
+            self.embed(audio, sample_rate)
+        finally:
+            for handle in handles:
+                handle.remove()
+        adapter = getattr(self.model, "adapter", None)
+        embeddings = []
+        for x in outputs:
+            if self.hf_config.do_stable_layer_norm:
+                x = self.model.encoder.layer_norm(x)
+            if adapter is not None:
+                x = adapter(x)
+            embeddings.append(x.mean(dim=1))
+        return embeddings
+
+    def keep_layers(self, n: int) -> None:
+        """Drop transformer layers n+1.. in place (their mask sites `layer{i}.*`, i >= n, go with them) and
+        record num_hidden_layers = n in config and the transformers config. The conv stack, feature
+        projection, positional conv, the encoder's layer_norm (before layer 1 in post-norm encoders, after the
+        last kept layer in pre-norm ones) and any adapter stay: `embed` then returns layer n's output, through
+        the final layer_norm when do_stable_layer_norm, averaged over time (layer_embeddings(audio)[n - 1]
+        on the full model). WavLM's relative position bias lives in layer 0, which is always kept."""
+        if isinstance(n, bool) or not hasattr(n, "__index__") or not 1 <= n.__index__() <= self.num_layers:
+            raise ValueError(f"keep_layers: n must be an int in 1..{self.num_layers} (this encoder's layers), "
+                             f"got {n!r}")
+        n = n.__index__()
+        self.model.encoder.layers = self.model.encoder.layers[:n]
+        self.hf_config.num_hidden_layers = n
+        self.config["num_hidden_layers"] = n
+
     def _trim_conv(self, i: int, idx: torch.Tensor) -> None:
         convs = self._conv_layers()
         removed = _complement(idx, convs[i].conv.out_channels)

@@ -149,6 +149,39 @@ class WhisperEncoderBackbone(Backbone):
                 prune.linear_in(layer.fc2, keep[f"layer{i}.ffn"])
 
 
+    # -- layer pruning (kwyn.convexity) -------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.encoder.layers)
+
+    def layer_embeddings(self, audio: torch.Tensor) -> list[torch.Tensor]:
+        """(batch, samples) -> per encoder layer i (list index i - 1): layer i's output passed through the
+        encoder's final layer_norm, averaged over time, (batch, d_model). One forward pass (`embed`, with
+        hooks on the layers); the last entry is `embed` itself, entry i - 1 is `embed` after keep_layers(i)."""
+        outputs = []
+        handles = [layer.register_forward_hook(
+            lambda module, args, output: outputs.append(output[0] if isinstance(output, tuple) else output))
+            for layer in self.encoder.layers]
+        try:
+            self.embed(audio)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [self.encoder.layer_norm(x).mean(dim=1) for x in outputs]
+
+    def keep_layers(self, n: int) -> None:
+        """Drop encoder layers n+1.. in place (their mask sites `layer{i}.*`, i >= n, go with them) and
+        record config["encoder_layers"] = n. Convs, positional table and the final layer_norm stay: `embed`
+        then returns layer n's output through the final layer_norm, averaged over time (what
+        layer_embeddings(audio)[n - 1] gave on the full encoder)."""
+        if isinstance(n, bool) or not hasattr(n, "__index__") or not 1 <= n.__index__() <= self.num_layers:
+            raise ValueError(f"keep_layers: n must be an int in 1..{self.num_layers} (this encoder's layers), "
+                             f"got {n!r}")
+        n = n.__index__()
+        self.encoder.layers = self.encoder.layers[:n]
+        self.encoder.config.encoder_layers = n
+        self.config["encoder_layers"] = n
+
 class _HeadlessWhisperAttention(WhisperAttention):
     """A WhisperAttention trimmed to no head: no query, key or value is left, only out_proj's bias.
 
