@@ -10,6 +10,7 @@ import nbformat
 import pytest
 import yaml
 from conftest import ROOT, tiny_params
+from kwyn.params import read_yaml
 
 BIN = str(Path(sys.executable).parent)
 
@@ -86,7 +87,7 @@ def test_dvc_exp_run_set_param_runs_one_ablation(repo):
 @pytest.mark.slow
 def test_second_repro_does_nothing_and_one_param_reruns_only_its_stages(repo):
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo).stdout
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_yaml((repo / "params.yaml").read_text())  # as DVC and kwyn read it
     params["experiments"]["tiny_kwyn"]["sparsity"]["t"] = 0.4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # a real repro, not --dry: a dry run cannot know that train's new outputs change the stages after it
@@ -98,7 +99,7 @@ def test_second_repro_does_nothing_and_one_param_reruns_only_its_stages(repo):
 
 @pytest.mark.slow
 def test_a_bad_param_stops_the_stage_naming_the_key(repo):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_yaml((repo / "params.yaml").read_text())  # as DVC and kwyn read it
     params["experiments"]["tiny_kwyn"]["sparsity"]["t"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     failed = run(["dvc", "repro", "train@tiny_kwyn"], repo, check=False)
