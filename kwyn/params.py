@@ -229,7 +229,7 @@ class Lottery(_Strict):
     rounds: int = Field(3, ge=1)
     share: float = Field(0.2, gt=0, lt=1)  # of the units still present, removed per round
     score: Literal["magnitude", "activation", "gradient"] = "magnitude"
-    rewind_step: int = Field(0, ge=0)  # weights rewound to this step of round 1 (0: the pretrained weights)
+    rewind_step: int = Field(0, ge=0)  # weights rewound to this step of round 0, the dense fine-tuning (0: pretrained)
     steps: Optional[int] = Field(None, ge=1)  # training steps per round; None: train.steps
     score_batches: int = Field(4, ge=1)  # batches for the activation and gradient scores
 
