@@ -6,13 +6,14 @@ ASR, how many test utterances the two decode differently (differing_decodes, exp
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
 from kwyn import profile
 from kwyn.backbones import build_backbone
-from kwyn.io import read_json, write_json
+from kwyn.io import atomic_path, read_json, write_json
 from kwyn.metrics import task_type
 from kwyn.model import max_abs_diff, predict, task_model
 from kwyn.params import ResolvedExperiment
@@ -25,10 +26,16 @@ def trim_run(exp: ResolvedExperiment, run_dir: str | Path, out_dir: str | Path) 
     dropped layers); save the smaller model. Lottery: the last round at out_dir, every round under
     out_dir/rounds/<round>."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    metadata = _trim_one(exp, run_dir, out_dir)
-    if exp.method == "lottery":
-        metadata["rounds"] = [_trim_one(exp, r, out_dir / "rounds" / r.name) for r in lottery_rounds(run_dir)]
-    return metadata
+    if exp.method != "lottery":
+        return _trim_one(exp, run_dir, out_dir)
+    round_dirs = lottery_rounds(run_dir)
+    rounds = [_trim_one(exp, r, out_dir / "rounds" / r.name) for r in round_dirs]
+    # the top-level best.pt is a copy of the last round's (kwyn.train.copy_selected): so is its model
+    for f in (out_dir / "rounds" / round_dirs[-1].name).iterdir():
+        if f.is_file():
+            with atomic_path(out_dir / f.name) as tmp:
+                shutil.copyfile(f, tmp)
+    return {**rounds[-1], "rounds": rounds}
 
 
 def lottery_rounds(run_dir: Path) -> list[Path]:
@@ -75,11 +82,15 @@ def evaluate_run(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | 
 
     torch.set_num_threads(exp.train.threads)
     test_set = PreparedDataset(data_root, "test", exp.task)
-    result = _evaluate_one(exp, test_set, Path(run_dir), Path(model_dir), progress)
     if exp.method == "lottery":
-        result["rounds"] = [{"round": int(r.name.removeprefix("round")),
-                             **_evaluate_one(exp, test_set, r, Path(model_dir) / "rounds" / r.name, progress)}
-                            for r in lottery_rounds(Path(run_dir))]
+        rounds = [{"round": int(r.name.removeprefix("round")),
+                   **_evaluate_one(exp, test_set, r, Path(model_dir) / "rounds" / r.name, progress)}
+                  for r in lottery_rounds(Path(run_dir))]
+        # the top-level model is the last round's (trim_run): its result, not a second measurement
+        result = {k: v for k, v in rounds[-1].items() if k != "round"}
+        result["rounds"] = rounds
+    else:
+        result = _evaluate_one(exp, test_set, Path(run_dir), Path(model_dir), progress)
     if exp.method == "convexity":
         result["convexity"] = read_json(Path(run_dir) / "convexity.json")
     return result

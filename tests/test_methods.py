@@ -123,6 +123,10 @@ def test_one_lottery_round_removes_the_share_and_its_trimmed_model_equals_the_ma
     assert all(r["max_abs_diff_masked_vs_trimmed"] < 1e-5 for r in result["rounds"])
     assert result["rounds"][0]["trim_ratio"] == 0 < result["rounds"][1]["trim_ratio"] < result["rounds"][2]["trim_ratio"]
     assert result["trim_ratio"] == result["rounds"][-1]["trim_ratio"]
+    # the top-level model is the last round's, and loads as such
+    top, last = (load_trimmed(tmp_path / "models" / "lt" / sub) for sub in ("", "rounds/round2"))
+    assert top.config["kept_units"] == last.config["kept_units"]
+    assert all(torch.equal(a, b) for a, b in zip(top.state_dict().values(), last.state_dict().values()))
     # every round restarts from the rewind point: round 2's weights came from round 0's step 1, not round 1's end
     rewind = torch.load(tmp_path / "runs" / "lt" / "round0" / "rewind.pt", weights_only=False)
     assert rewind["encoder"] is not None and rewind["head"] is not None
