@@ -12,25 +12,15 @@ gradients to input and weight (fine-tuning: scratch, lottery).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from train_step import median_step  # benchmarks/ is on sys.path when this runs as a script
 
 from kwyn.backbones.crepe import FRAME, KERNELS, PADDING, STRIDES, WIDTHS, _HeightConv
 from kwyn.io import write_json
 
-
-def median_seconds(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+CPU = torch.device("cpu")
 
 
 def layer_shapes(capacity: str):
@@ -57,9 +47,9 @@ def time_layer(c_in, c_out, kernel, stride, height, batch, mode, repeats, warmup
                 return conv(x, w)
         conv(x, w).sum().backward()
 
-    as_2d = median_seconds(lambda: run(lambda x, w: F.conv2d(x, w, stride=(stride, 1)), x2, weight), repeats, warmup)
-    as_1d = median_seconds(lambda: run(lambda x, w: F.conv1d(x, w, stride=stride), x1, w1), repeats, warmup)
-    kwyn = median_seconds(lambda: run(lambda x, w: _HeightConv.apply(x, w, None, stride), x1, w1), repeats, warmup)
+    as_2d = median_step(lambda: run(lambda x, w: F.conv2d(x, w, stride=(stride, 1)), x2, weight), repeats, warmup, CPU)
+    as_1d = median_step(lambda: run(lambda x, w: F.conv1d(x, w, stride=stride), x1, w1), repeats, warmup, CPU)
+    kwyn = median_step(lambda: run(lambda x, w: _HeightConv.apply(x, w, None, stride), x1, w1), repeats, warmup, CPU)
     return as_2d, as_1d, kwyn
 
 

@@ -142,7 +142,7 @@ class _HeightConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride: int):
         ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.has_bias = stride, bias is not None
+        ctx.stride = stride
         return F.conv1d(x, weight, bias, stride)
 
     @staticmethod
@@ -161,7 +161,7 @@ class _HeightConv(torch.autograd.Function):
             grad_x = grad_x.to(x.dtype)
         if need_w:
             grad_w = torch.nn.grad.conv1d_weight(x.to(grad.dtype), weight.shape, grad, ctx.stride).to(weight.dtype)
-        if need_b and ctx.has_bias:
+        if need_b:  # False when there is no bias
             grad_b = grad.sum(dim=(0, 2)).to(weight.dtype)
         return grad_x, grad_w, grad_b, None
 
