@@ -31,6 +31,6 @@ lab: venv
 
 # after changing the environment by hand: re-pin requirements.txt and environment.yml from it
 pins: venv
-	{ echo "# Pinned environment of kwyn (Python 3.11, CPU). Regenerate: make pins. tinysoundfont is in requirements-nodeps.txt. jsonschema stays at 4.23.0: later ones load rfc3987-syntax, whose grammars take ~3 s to build at every papermill start."; \
+	{ echo "# Pinned environment of kwyn (Python 3.11, CPU). Regenerate: make pins. tinysoundfont is in requirements-nodeps.txt. jsonschema stays at 4.23.0: later ones load rfc3987-syntax, whose grammars take ~3 s to build at every papermill start. ruamel.yaml.clib (optional for ruamel.yaml 0.19) lets DVC parse dvc.lock in C, about 0.8 s a stage."; \
 	  $(VENV)/bin/pip list --format=freeze --exclude-editable | grep -viE "^(tinysoundfont|kwyn|pip|setuptools|wheel)==" | sort -f; } > requirements.txt
 	$(VENV)/bin/python scripts/write_environment_yml.py

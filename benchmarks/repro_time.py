@@ -46,7 +46,11 @@ def main(argv=None):
     paths = sorted(args.executed.rglob("*.ipynb"))
     if not paths:
         raise SystemExit(f"no executed notebooks under {args.executed}: run `dvc repro` first")
-    runs = sorted(((notebook_times(p), p) for p in paths), key=lambda r: r[0]["start"])
+    # a notebook still running (or stopped by an error) has no end time yet: counted, not timed
+    unfinished = [p for p in paths if not json.loads(p.read_text())["metadata"]["papermill"].get("end_time")]
+    runs = sorted(((notebook_times(p), p) for p in paths if p not in unfinished), key=lambda r: r[0]["start"])
+    if not runs:
+        raise SystemExit(f"no finished notebook under {args.executed}: wait for `dvc repro`")
     by_group, by_stage = collections.defaultdict(float), collections.defaultdict(float)
     for times, path in runs:
         by_group[group(path)] += times["seconds"]
@@ -55,6 +59,7 @@ def main(argv=None):
     first, last = runs[0][0]["start"], runs[-1][0]["end"]
     result = {
         "notebooks": len(runs),
+        "unfinished": [str(p.relative_to(args.executed)) for p in unfinished],
         "first_start_to_last_end_s": round((last - first).total_seconds(), 1),
         "notebooks_s": round(sum(t["seconds"] for t, _ in runs), 1),
         "between_notebooks_s": round(sum(gaps), 1),

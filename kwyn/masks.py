@@ -115,7 +115,7 @@ class RatioControl:
     The paper's rounding keeps a unit when sigmoid(m) > 0.5; how many units that leaves depends
     on t and lambda in ways that have to be searched for (DESIGN-NOTES section 1). Here the
     threshold tau is instead set, every `every` steps, so that keeping the units with logit > tau
-    removes `target` of the encoder's parameters, counted exactly (Backbone.trimmed_param_count):
+    removes `target` of the encoder's parameters, counted exactly (Backbone.trimmed_param_counter):
     the units are ranked by logit over all sites and the cut is found by bisection. The target
     ramps linearly from 0 over the first `ramp` share of the steps, so the masks and the head
     adapt gradually. The logits still learn through the straight-through estimator, so the ranking
@@ -131,6 +131,7 @@ class RatioControl:
         self.backbone, self.masks, self.target = backbone, masks, target
         self.ramp_steps, self.every = max(1, round(ramp * total_steps)), every
         self.full = backbone.param_count()
+        self.count = backbone.trimmed_param_counter()
         # equal logits at init would leave the first cut to site order; a tiny seeded jitter makes it random
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -141,11 +142,10 @@ class RatioControl:
         return self.target * min(1.0, step / self.ramp_steps)
 
     def ratio_keeping(self, order: list[tuple[str, int]], count: int) -> float:
-        kept: dict[str, list[int]] = {name: [] for name in self.masks.by_site()}
-        for name, unit in order[:count]:
-            kept[name].append(unit)
-        keep = {name: torch.tensor(sorted(units), dtype=torch.long) for name, units in kept.items()}
-        return 1.0 - self.backbone.trimmed_param_count(keep) / self.full
+        kept = dict.fromkeys(self.masks.by_site(), 0)
+        for name, _ in order[:count]:
+            kept[name] += 1
+        return 1.0 - self.count(kept) / self.full
 
     @torch.no_grad()
     def update(self, step: int, force: bool = False) -> float:

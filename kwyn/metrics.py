@@ -1,9 +1,14 @@
-"""Task metrics, from torchmetrics (classification, tagging) and jiwer (ASR).
+"""Task metrics: classification from a confusion matrix, tagging from torchmetrics, ASR from jiwer.
 
 Classification. "Weighted accuracy" (the paper's w-Acc.) is per-class recall averaged with weights
 equal to each class's share of the test set, which for single-label classification equals plain
 accuracy (correct / total). Macro accuracy (unweighted mean of per-class recall) is reported
-beside it, as it is the fairer number when classes are imbalanced.
+beside it, as it is the fairer number when classes are imbalanced; as in torchmetrics'
+multiclass_accuracy(average="macro"), the mean runs over the classes that occur in the labels or
+the predictions. Both are read off the confusion matrix rather than from torchmetrics, whose
+package import costs about 8 s (it loads torchvision, transformers and scipy.signal for metrics
+unrelated to ours), paid by each of the default grid's 40 train and evaluate stages, over 4 minutes
+in all; tests/test_heads_metrics.py checks them against torchmetrics.
 
 Tagging (multi-label). mAP is the macro mean over labels of each label's average precision
 (torchmetrics MultilabelAveragePrecision, i.e. the step-wise area under the precision-recall
@@ -38,18 +43,30 @@ from kwyn.heads import BiLSTMCTCHead, CharVocabulary, MLPHead, greedy_decode, ta
 
 
 def _torchmetrics():
-    """torchmetrics' functional classification module, imported on first use: importing it pulls in
-    torchvision and costs about 9 s, paid otherwise by every notebook of the pipeline at start."""
+    """torchmetrics' functional classification module, imported on first use (tagging only): importing
+    it pulls in torchvision and costs about 8 s, paid otherwise by every notebook of the pipeline."""
     from torchmetrics.functional import classification
 
     return classification
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
-    preds = logits.argmax(dim=-1)
+    if logits.ndim != 2 or logits.shape[1] != num_classes:
+        raise ValueError(f"logits must be (N, {num_classes}), got {tuple(logits.shape)}")
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if labels.numel() != logits.shape[0]:
+        raise ValueError(f"{logits.shape[0]} logits rows but {labels.numel()} labels")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+    preds = logits.argmax(dim=-1).cpu()
+    confusion = torch.bincount(labels.cpu() * num_classes + preds, minlength=num_classes ** 2)
+    confusion = confusion.view(num_classes, num_classes)  # rows: label, columns: prediction
+    correct, support, predicted = confusion.diag(), confusion.sum(dim=1), confusion.sum(dim=0)
+    occurring = (support + predicted) > 0
+    recall = correct / support.clamp(min=1)  # 0 for a class only ever predicted, as torchmetrics
     return {
-        "weighted_accuracy": float(_torchmetrics().multiclass_accuracy(preds, labels, num_classes, average="weighted")),
-        "macro_accuracy": float(_torchmetrics().multiclass_accuracy(preds, labels, num_classes, average="macro")),
+        "weighted_accuracy": float(correct.sum() / support.sum()) if labels.numel() else 0.0,
+        "macro_accuracy": float(recall[occurring].mean()) if occurring.any() else 0.0,
     }
 
 

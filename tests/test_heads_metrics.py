@@ -150,6 +150,51 @@ def test_classification_metrics_weighted_is_accuracy():
     assert got["macro_accuracy"] == pytest.approx((1 + 0.5 + 1) / 3)
 
 
+@pytest.mark.parametrize("seed, case", enumerate(["all classes", "class absent from labels", "class never predicted",
+                                                   "few examples"]))
+def test_classification_metrics_equal_torchmetrics(seed, case):
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    generator = torch.Generator().manual_seed(seed)
+    k, n = (6, 3) if case == "few examples" else (5, 40)
+    labels = torch.randint(0, k, (n,), generator=generator)
+    logits = torch.randn(n, k, generator=generator)
+    if case == "class absent from labels":  # predicted sometimes, never a label: recall 0 in the macro mean
+        labels[labels == 3] = 0
+        logits[:5, 3] = 10.0
+    if case == "class never predicted":  # a label, never predicted
+        logits[:, 2] = -10.0
+    if case == "all classes":  # and one class neither a label nor predicted: left out of the macro mean
+        labels[labels == 4] = 1
+        logits[:, 4] = -10.0
+    got = classification_metrics(logits, labels, k)
+    preds = logits.argmax(-1)
+    for average, key in (("weighted", "weighted_accuracy"), ("macro", "macro_accuracy")):
+        want = float(multiclass_accuracy(preds, labels, k, average=average))
+        assert got[key] == pytest.approx(want, abs=1e-6), (average, case)
+
+
+def test_classification_metrics_reject_bad_labels_and_shapes():
+    logits = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="0..3"):
+        classification_metrics(logits, torch.tensor([0, 4, 1]), 4)
+    with pytest.raises(ValueError, match=r"\(N, 5\)"):
+        classification_metrics(logits, torch.tensor([0, 1, 2]), 5)
+    with pytest.raises(ValueError, match="3 logits rows but 2 labels"):
+        classification_metrics(logits, torch.tensor([0, 1]), 4)
+
+
+def test_classification_metrics_do_not_import_torchmetrics():
+    # the point of computing them here: a scoring process does not pay torchmetrics' ~8 s import
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from kwyn.metrics import classification_metrics; "
+            "classification_metrics(torch.eye(3), torch.tensor([0, 1, 2]), 3); "
+            "assert 'torchmetrics' not in sys.modules, 'torchmetrics was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_asr_metrics_hand_computed():
     references = ["turn the light on", "stop"]
     hypotheses = ["turn light of", "stop"]

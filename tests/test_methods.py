@@ -111,6 +111,43 @@ def test_ratio_control_ramps_the_target_and_counts_parameters_exactly(tiny_data)
             assert logits[kept].min() > logits[~kept].max()
 
 
+@pytest.mark.parametrize("name", ["crepe-tiny", "whisper-tiny-encoder", "wavlm-base", "musicfm", "clap-cnn14"])
+def test_fast_param_counter_equals_exact_counts(name):
+    # wavlm-base: its projection gains one column when conv 6 loses its first channel (the jump the counter models)
+    from kwyn.backbones import BACKBONES, build_backbone, load_backbone
+
+    if name == "whisper-tiny-encoder":
+        backbone = load_backbone(name)
+    else:
+        family, config = BACKBONES[name]
+        with torch.device("meta"):
+            backbone = build_backbone({"family": family, **config})
+    counter = backbone.trimmed_param_counter(seed=1)
+    assert counter.fitted
+    units = {s.name: s.units for s in backbone.mask_sites()}
+    generator = torch.Generator().manual_seed(7)
+    widths = [units, {n: 0 for n in units}, {n: max(u - 1, 0) for n, u in units.items()}]
+    widths += [{n: int(torch.randint(0, u + 1, (1,), generator=generator)) for n, u in units.items()} for _ in range(3)]
+    for counts in widths:
+        assert counter(counts) == backbone.trimmed_param_count({n: torch.arange(k) for n, k in counts.items()})
+
+
+def test_param_counter_falls_back_to_exact_counting_where_the_rule_breaks():
+    from kwyn.backbones.crepe import CrepeBackbone
+
+    class SquaredExtra(CrepeBackbone):  # a parameter of conv1-width squared elements: no fixed step per unit
+        def trim(self, keep):
+            super().trim(keep)
+            self.extra = torch.nn.Parameter(torch.empty(len(keep["conv1"]) ** 2))
+
+    with torch.device("meta"):
+        backbone = SquaredExtra({"capacity": "tiny"})
+    counter = backbone.trimmed_param_counter()
+    assert not counter.fitted
+    counts = {s.name: s.units // 3 for s in backbone.mask_sites()}
+    assert counter(counts) == backbone.trimmed_param_count({n: torch.arange(k) for n, k in counts.items()})
+
+
 def test_one_lottery_round_removes_the_share_and_its_trimmed_model_equals_the_masked_one(tmp_path, tiny_data):
     exp = experiment("lt", grid(lt={"method": "lottery",
                                     "lottery": {"rounds": 2, "share": 0.2, "steps": 4, "rewind_step": 1}}))

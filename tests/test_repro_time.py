@@ -32,6 +32,23 @@ def test_repro_time_sums_stages_gaps_and_kernel_starts(tmp_path):
     assert result["by_group_s"] == {"data": 10, "crepe": 30}
     assert result["by_stage_s"] == {"01_prepare_data": 10, "02_train_masks": 30}
     assert result["scratch_s"] == {"crepe": 10}
+    assert result["unfinished"] == []
+
+
+def test_repro_time_counts_a_running_notebook_without_timing_it(tmp_path):
+    executed = tmp_path / "executed"
+    write_notebook(executed / "01_prepare_data" / "notes.ipynb", 0, 10, [8.0])
+    running = executed / "02_train_masks" / "crepe_pitch_kwyn_50.ipynb"
+    write_notebook(running, 13, 33, [1.0])
+    notebook = json.loads(running.read_text())
+    notebook["metadata"]["papermill"].update(end_time=None, duration=None)  # as papermill writes it mid-run
+    running.write_text(json.dumps(notebook))
+    out = tmp_path / "repro_time.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "repro_time.py"), "--executed", str(executed),
+                    "--json", str(out)], check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    assert result["notebooks"] == 1 and result["notebooks_s"] == 10
+    assert result["unfinished"] == ["02_train_masks/crepe_pitch_kwyn_50.ipynb"]
 
 
 def test_repro_time_without_executed_notebooks_says_what_to_run(tmp_path):
