@@ -150,8 +150,8 @@ def test_classification_metrics_weighted_is_accuracy():
     assert got["macro_accuracy"] == pytest.approx((1 + 0.5 + 1) / 3)
 
 
-@pytest.mark.parametrize("seed, case", enumerate(["all classes", "class absent from labels", "class never predicted",
-                                                   "few examples"]))
+@pytest.mark.parametrize("seed, case", list(enumerate(["all classes", "class absent from labels", "class never predicted",
+                                                        "few examples"])))
 def test_classification_metrics_equal_torchmetrics(seed, case):
     from torchmetrics.functional.classification import multiclass_accuracy
 
