@@ -20,9 +20,13 @@ from kwyn.io import write_json
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def notebook_times(path: Path) -> dict:
+def notebook_times(path: Path) -> dict | None:
+    """Start, end and durations of a finished notebook; None for one still running (or stopped by an
+    error), which papermill leaves without an end time."""
     notebook = json.loads(path.read_text())
     meta = notebook["metadata"]["papermill"]
+    if not meta.get("end_time"):
+        return None
     cell_seconds = sum(c["metadata"].get("papermill", {}).get("duration") or 0.0
                        for c in notebook["cells"] if c["cell_type"] == "code")
     return {"start": datetime.fromisoformat(meta["start_time"]), "end": datetime.fromisoformat(meta["end_time"]),
@@ -46,9 +50,9 @@ def main(argv=None):
     paths = sorted(args.executed.rglob("*.ipynb"))
     if not paths:
         raise SystemExit(f"no executed notebooks under {args.executed}: run `dvc repro` first")
-    # a notebook still running (or stopped by an error) has no end time yet: counted, not timed
-    unfinished = [p for p in paths if not json.loads(p.read_text())["metadata"]["papermill"].get("end_time")]
-    runs = sorted(((notebook_times(p), p) for p in paths if p not in unfinished), key=lambda r: r[0]["start"])
+    times = {p: notebook_times(p) for p in paths}
+    unfinished = [p for p, t in times.items() if t is None]  # counted, not timed
+    runs = sorted(((t, p) for p, t in times.items() if t is not None), key=lambda r: r[0]["start"])
     if not runs:
         raise SystemExit(f"no finished notebook under {args.executed}: wait for `dvc repro`")
     by_group, by_stage = collections.defaultdict(float), collections.defaultdict(float)

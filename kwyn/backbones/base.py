@@ -124,7 +124,7 @@ class Backbone(nn.Module):
             return self._trimmed_shapes({s: torch.arange(u - k * (s == site)) for s, u in units.items()})
 
         full = shapes_short_by("", 0)
-        # per parameter: (site, dims lost to the first unit removed, dims lost per further unit)
+        # per parameter that any site moves: (site, dims lost to the first unit removed, dims lost per further unit)
         moves: dict[str, list[tuple[str, tuple[int, ...], tuple[int, ...]]]] = {name: [] for name in full}
         for site, n in units.items():
             shorts = [shapes_short_by(site, k) for k in range(1, min(n, 2) + 1)]
@@ -137,11 +137,14 @@ class Backbone(nn.Module):
                 if any(first) or any(step):
                     moves[name].append((site, first, step))
 
+        fixed = sum(math.prod(shape) for name, shape in full.items() if not moves[name])
+        moving = [(full[name], site_moves) for name, site_moves in moves.items() if site_moves]
+
         def count(counts: dict[str, int]) -> int:
-            total = 0
-            for name, shape in full.items():
+            total = fixed
+            for shape, site_moves in moving:
                 dims = list(shape)
-                for site, first, step in moves[name]:
+                for site, first, step in site_moves:
                     removed = units[site] - counts[site]
                     if removed:
                         dims = [d - f - (removed - 1) * s for d, f, s in zip(dims, first, step)]
