@@ -13,3 +13,4 @@ python benchmarks/train_step.py --backbone crepe-full --batch 8 --json $out/trai
 for b in whisper-tiny-encoder wav2vec2-base musicfm clap-cnn14; do
   python benchmarks/train_step.py --backbone $b --input-seconds 1 --batch 4 --repeats 5 --warmup 1 --json $out/train_step_$b.json
 done
+python benchmarks/stage_overheads.py --repeats 5 --json $out/stage_overheads.json
