@@ -55,4 +55,3 @@ def test_repro_time_without_executed_notebooks_says_what_to_run(tmp_path):
     failed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "repro_time.py"), "--executed",
                              str(tmp_path), "--json", str(tmp_path / "out.json")], capture_output=True, text=True)
     assert failed.returncode != 0 and "run `dvc repro` first" in failed.stderr
-
