@@ -118,6 +118,9 @@ def _evaluate_one(exp: ResolvedExperiment, test_set, run_dir: Path, model_dir: P
         "sparsity_loss": exp.sparsity.loss if exp.sparsity else None,
         "t": exp.sparsity.t if exp.sparsity else None,
         "lambda": exp.sparsity.lambda_ if exp.sparsity else None,
+        "recipe": exp.recipe.model_dump() if exp.recipe else None,
+        "seed": exp.train.seed,
+        "mask_lr": exp.train.mask_lr if exp.method == "kwyn" else None,
         "selected_step": best["row"]["step"], "val_metric": best["row"]["val_metric"],
         "task_type": type_name, "metric": ttype.primary,  # the primary metric: a key of "test"
         "higher_is_better": ttype.higher_is_better,

@@ -99,27 +99,29 @@ def expand(spec: GridSpec) -> dict:
                         skipped.append((f"{prefix}_convexity", why))
                         continue
                 ratios = spec.ratios if method == "kwyn" and spec.ratios else [None]
-                for ratio in ratios:
-                    entry = {**base, "method": method}
-                    if method == "kwyn":
-                        entry["sparsity"] = {**_dump(spec.sparsity), **({"ratio": ratio} if ratio else {})}
-                    block = getattr(spec, method, None) if method in ("lottery", "convexity") else None
-                    if block is not None:
-                        entry[method] = _dump(block)
-                    train = _merged(spec.experiment_train.get(backbone), spec.method_train.get(method))
-                    if train:
-                        entry["train"] = train
-                    profile = _merged(spec.profile.get(backbone))
-                    if profile:
-                        entry["profile"] = profile
-                    add(f"{prefix}_{method}" + (f"_{pct(ratio)}" if ratio else ""), entry, experiments)
+                recipes = [None, *spec.recipes] if method == "kwyn" else [None]
+                for recipe in recipes:
+                    for ratio in ratios:
+                        entry = {**base, "method": method}
+                        if method == "kwyn":
+                            entry["sparsity"] = {**_dump(spec.sparsity), **({"ratio": ratio} if ratio else {})}
+                        if recipe is not None:
+                            entry["recipe"] = _dump(spec.recipes[recipe])
+                        block = getattr(spec, method, None) if method in ("lottery", "convexity") else None
+                        if block is not None:
+                            entry[method] = _dump(block)
+                        train = _merged(spec.experiment_train.get(backbone), spec.method_train.get(method),
+                                        spec.recipe_train.get(recipe))
+                        name = "_".join([prefix, method, *([recipe] if recipe else []), *([pct(ratio)] if ratio else [])])
+                        for seed, suffix in _seeds(spec, recipe or method):
+                            add(name + suffix, _with_train(entry, {**train, **seed}, spec.profile.get(backbone)),
+                                experiments)
             if "scratch" in methods:
                 for ratio in spec.ratios:
-                    entry = {"from": f"{prefix}_kwyn_{pct(ratio)}"}
                     train = _merged(spec.scratch_train, spec.backbone_scratch_train.get(backbone))
-                    if train:
-                        entry["train"] = train
-                    add(f"{prefix}_scratch_{pct(ratio)}", entry, scratch)
+                    for seed, suffix in _seeds(spec, "scratch"):
+                        entry = {"from": f"{prefix}_kwyn_{pct(ratio)}{suffix}"}
+                        add(f"{prefix}_scratch_{pct(ratio)}{suffix}", _with_train(entry, {**train, **seed}), scratch)
         for name, entry in extras.items():  # after the experiments of their backbone
             if entry.get("backbone") == backbone:
                 experiments[name] = entry
@@ -127,6 +129,25 @@ def expand(spec: GridSpec) -> dict:
         experiments.setdefault(name, entry)
     return {"datasets": datasets, "experiments": experiments, "scratch": scratch, "train": _dump(spec.train),
             "skipped": skipped}
+
+
+def _seeds(spec: GridSpec, key: str) -> list[tuple[dict, str]]:
+    """(train keys, name suffix) per seed of a method or recipe: the first seed keeps the plain name (and, when
+    it is the top-level train.seed, no train key), so a grid of one seed expands as before seeds existed."""
+    seeds = spec.seeds_for.get(key, spec.seeds)
+    first = seeds[0]
+    out = [({} if first == (spec.train.seed if spec.train.seed is not None else 0) else {"seed": first}, "")]
+    return out + [({"seed": seed}, f"_seed{seed}") for seed in seeds[1:]]
+
+
+def _with_train(entry: dict, train: dict, profile=None) -> dict:
+    entry = dict(entry)
+    if train:
+        entry["train"] = train
+    profile = _merged(profile)
+    if profile:
+        entry["profile"] = profile
+    return entry
 
 
 def _dump_all(models: dict) -> dict:

@@ -7,6 +7,8 @@ backbone through hooks at the backbone's mask sites, so no model code is rewritt
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -38,12 +40,13 @@ class UnitMask(SiteModulation):
             raise ValueError(f"init_logit must be > 0 so every unit starts on, got {init_logit}")
         self.logits = nn.Parameter(torch.full((site.units,), float(init_logit)))
         self.register_buffer("threshold", torch.zeros(()))
+        self.enabled = True  # off: the site passes its units through (MaskSet.disabled)
 
     def unit_values(self) -> torch.Tensor:
         return ste_binary(self.logits - self.threshold)
 
     def modulate(self, x: torch.Tensor) -> torch.Tensor:
-        return self.site.scale_units(x, self.unit_values())
+        return self.site.scale_units(x, self.unit_values()) if self.enabled else x
 
     def kept(self) -> torch.Tensor:
         """Indices of the units this mask keeps."""
@@ -72,6 +75,17 @@ class MaskSet(nn.ModuleDict):
 
     def logits(self) -> list[torch.Tensor]:
         return [mask.logits for mask in self.values()]
+
+    @contextmanager
+    def disabled(self):
+        """The full encoder for the duration: every site passes all its units (a distillation teacher)."""
+        for mask in self.values():
+            mask.enabled = False
+        try:
+            yield self
+        finally:
+            for mask in self.values():
+                mask.enabled = True
 
     def set_threshold(self, threshold: float) -> None:
         for mask in self.values():
@@ -122,14 +136,19 @@ class RatioControl:
     is learned; the sparsity loss may still be added but no longer decides how much is removed.
     The achieved ratio lands within one unit's parameters of the target (below 2 points for every
     registered backbone's largest unit, a wav2vec2-large head: 1.3 %).
+
+        control = RatioControl(backbone, masks, target=0.5, total_steps=1000)
+        for step in range(1000):
+            control.update(step)  # then a training step; masks.kept_units() removes ~50 % at the end
     """
 
     def __init__(self, backbone, masks: MaskSet, target: float, total_steps: int, ramp: float = 0.5,
-                 every: int = 5, seed: int = 0):
+                 every: int = 5, seed: int = 0, start: int = 0):
         if not 0 < target < 1:
             raise ValueError(f"ratio must be in (0, 1), got {target}")
         self.backbone, self.masks, self.target = backbone, masks, target
-        self.ramp_steps, self.every = max(1, round(ramp * total_steps)), every
+        # total_steps: the mask-training steps, which begin at step `start` (after a head warm-up)
+        self.ramp_steps, self.every, self.start = max(1, round(ramp * total_steps)), every, start
         self.full = backbone.param_count()
         self.count = backbone.trimmed_param_counter()
         # equal logits at init would leave the first cut to site order; a tiny seeded jitter makes it random
@@ -139,7 +158,7 @@ class RatioControl:
                 mask.logits.add_(1e-3 * torch.rand(mask.logits.shape, generator=generator).to(mask.logits.device))
 
     def target_at(self, step: int) -> float:
-        return self.target * min(1.0, step / self.ramp_steps)
+        return self.target * min(1.0, max(0, step - self.start) / self.ramp_steps)
 
     def ratio_keeping(self, order: list[tuple[str, int]], count: int) -> float:
         kept = dict.fromkeys(self.masks.by_site(), 0)

@@ -44,6 +44,10 @@ class _Preparation(_Strict):
     on_bad_audio: Literal["error", "skip"] = "error"
     workers: int = Field(2, ge=1)
 
+    def refusal(self, task: str) -> Optional[str]:
+        """Why this dataset, as configured, cannot serve `task` (one of TASKS); None when it can."""
+        return None
+
 
 class SoundfontNotes(_Preparation):
     """NSynth-like notes rendered from the General MIDI soundfont shipped with pretty_midi."""
@@ -71,9 +75,11 @@ class SoundfontNotes(_Preparation):
 
 
 class SpokenCommands(_Preparation):
-    """Speech Commands-like words rendered offline with espeak-ng (kwyn.data.spoken_commands), split by voice.
-    Rendered as 1 s clips (Speech Commands' length); clip_seconds/offset_seconds then crop them."""
-    TASKS: ClassVar[dict[str, str]] = {"word": "classification"}
+    """Speech Commands-like words rendered offline with espeak-ng (kwyn.data.spoken_commands).
+    Rendered as 1 s clips (Speech Commands' length); clip_seconds/offset_seconds then crop them.
+    split_by voice: test voices are unseen in training, as Speech Commands' speakers; utterance: every
+    voice in every split (each voice's clips shared out), which the speaker task (which voice?) needs."""
+    TASKS: ClassVar[dict[str, str]] = {"word": "classification", "speaker": "classification"}
     kind: Literal["spoken_commands"]
     seed: int = 0
     words: list[str] = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
@@ -81,7 +87,10 @@ class SpokenCommands(_Preparation):
     rates: list[int] = [140, 170, 200]
     pitches: list[int] = [35, 50, 65]
     noise_db: list[float] = [-30, -20]
-    split_per_voice: Optional[tuple[int, int, int]] = None  # voices for train/valid/test; None: about 4:1:1
+    split_by: Literal["voice", "utterance"] = "voice"
+    split_per_voice: Optional[tuple[int, int, int]] = None  # voice split: voices for train/valid/test; None: ~4:1:1
+    # utterance split: shares of each voice's clips for train/valid/test; None: 0.6, 0.2, 0.2
+    split_per_utterance: Optional[tuple[float, float, float]] = None
 
     @field_validator("words", mode="before")
     @classmethod
@@ -89,6 +98,19 @@ class SpokenCommands(_Preparation):
         if isinstance(words, list) and any(isinstance(w, bool) for w in words):
             raise ValueError("a word is a boolean (true/false, or yes/no/on/off read by a YAML 1.1 reader): quote it")
         return words
+
+    @model_validator(mode="after")
+    def _split_keys(self):
+        from kwyn.data.spoken_commands import check_split
+
+        check_split(self.split_by, self.split_per_voice, self.split_per_utterance)
+        return self
+
+    def refusal(self, task: str) -> Optional[str]:
+        if task == "speaker" and self.split_by == "voice":
+            return ("speaker needs split_by: utterance: with the voice split the test voices are never seen in "
+                    "training")
+        return None
 
 
 class _Benchmark(_Preparation):
@@ -224,6 +246,31 @@ class Sparsity(_Strict):
     ratio_ramp: float = Field(0.5, gt=0, le=1)
 
 
+class Recipe(_Strict):
+    """Mask training that converges in a CPU budget (kwyn only; without this block, the paper's loop).
+
+    A run has three phases: head warm-up (head_warmup steps) | masks and head for train.steps (the ratio
+    ramp first) | re-fit (refit steps). Both ends are cheap and come on top of train.steps: the warm-up
+    reads cached embeddings, the re-fit runs the encoder forward only (kwyn.recipe.Schedule).
+    """
+    # head-only steps on the full encoder's embeddings (cached per clip) before the mask training: the masks
+    # then start under a head that already solves the task, instead of a random one; nearly free per step
+    head_warmup: int = Field(0, ge=0)
+    # weight of a distillation loss: squared error between the masked and the frozen full encoder's
+    # embeddings (the full one cached per clip), over the latter's mean variance. It rewards keeping
+    # the representation the head was warmed up on, a dense signal the task loss alone does not give
+    distill: float = Field(0.0, ge=0)
+    # head-only steps after the mask training, the masks frozen: the head re-fits to what they keep instead
+    # of chasing a moving encoder, and these steps need no backward through it
+    refit: int = Field(0, ge=0)
+    # where the mask logits start: "constant" (train.mask_init for every unit, the paper's) or "importance":
+    # mask_init plus the standardised log of each unit's squared task-loss gradient (summed over
+    # `init_batches` batches, after the warm-up) per parameter it costs, so the ratio ramp removes the
+    # units that matter least for their price first instead of an arbitrary order
+    init: Literal["constant", "importance"] = "constant"
+    init_batches: int = Field(16, ge=1)
+
+
 class Lottery(_Strict):
     """Structured lottery-ticket trimming (Esling et al. 2020), kwyn.lottery."""
     rounds: int = Field(3, ge=1)
@@ -270,6 +317,7 @@ class Experiment(_Strict):
     task: str
     method: Literal["base", "ssf", "kwyn", "lottery", "convexity"]
     sparsity: Optional[Sparsity] = None
+    recipe: Optional[Recipe] = None  # kwyn: head warm-up, distillation, re-fit (None: the paper's loop)
     lottery: Optional[Lottery] = None
     convexity: Optional[Convexity] = None
     train: TrainOverrides = TrainOverrides()
@@ -281,6 +329,11 @@ class Experiment(_Strict):
             raise ValueError("method 'kwyn' needs a 'sparsity' block (loss, t, lambda, and optionally ratio)")
         if self.method != "kwyn" and self.sparsity is not None:
             raise ValueError(f"method {self.method!r} trains no learned mask: remove its 'sparsity' block")
+        if self.method != "kwyn" and self.recipe is not None:
+            raise ValueError(f"a 'recipe' block trains masks (method 'kwyn'), not {self.method!r}: remove it")
+        if self.recipe is not None and self.recipe.init == "importance" and self.sparsity.ratio is None:
+            raise ValueError("recipe.init 'importance' starts some logits below 0, which only ratio control "
+                             "(sparsity.ratio) keeps on until the ramp removes them: set sparsity.ratio")
         for block in ("lottery", "convexity"):
             if getattr(self, block) is not None and self.method != block:
                 raise ValueError(f"a '{block}' block belongs to method '{block}', not {self.method!r}")
@@ -312,6 +365,15 @@ class GridSpec(_Strict):
     ratios: list[Annotated[float, Field(gt=0, lt=1)]] = []  # kwyn (sparsity.ratio) and scratch: one each
     name_by: Literal["dataset", "task"] = "dataset"  # <short backbone>_<dataset or task>_<method>[_<pct>]
     sparsity: Sparsity = Sparsity()  # kwyn's block; `ratio` filled per experiment from `ratios`
+    # named kwyn recipes (kwyn.recipe): each gives <prefix>_kwyn_<name>_<pct> beside the paper's
+    # <prefix>_kwyn_<pct> at every ratio, with its own `train` keys from recipe_train
+    recipes: dict[str, Recipe] = {}
+    recipe_train: dict[str, TrainOverrides] = {}  # recipe name -> `train` of its experiments, over method_train
+    # every experiment and scratch entry once per seed (train.seed); the first keeps the plain name, the others
+    # get _seed<k>. Tables and figures show the mean over seeds and their spread (kwyn.report.seed_means)
+    seeds: list[int] = Field([0], min_length=1)
+    # a method's (or a recipe's: kwyn with that recipe) own seeds instead of `seeds`; "kwyn" = the paper's loop
+    seeds_for: dict[str, list[int]] = {}
     lottery: Optional[Lottery] = None  # the lottery experiments' block (None: Lottery's defaults)
     convexity: Optional[Convexity] = None  # the convexity experiments' block (None: Convexity's defaults)
     train: TrainOverrides = TrainOverrides()  # replaces these keys of the top-level `train`
@@ -353,6 +415,8 @@ class GridSpec(_Strict):
                 if task not in known:
                     raise ValueError(f"tasks.{backbone}[{i}]: unknown task {task!r} for {dataset} "
                                      f"({self.datasets[dataset].kind}); known: {known}")
+                if reason := self.datasets[dataset].refusal(task):
+                    raise ValueError(f"tasks.{backbone}[{i}]: task {task!r} of dataset {dataset}: {reason}")
         for key in ("methods_for", "experiment_train", "backbone_scratch_train", "profile"):
             stray = sorted(set(getattr(self, key)) - set(self.tasks))
             if stray:
@@ -363,6 +427,18 @@ class GridSpec(_Strict):
             raise ValueError(f"method_train: unknown method(s) {stray}; known: {list(GridMethod.__args__)}")
         if "scratch" in self.method_train:
             raise ValueError("method_train.scratch: give scratch settings as `scratch_train`")
+        stray = sorted(set(self.recipe_train) - set(self.recipes))
+        if stray:
+            raise ValueError(f"recipe_train: unknown recipe(s) {stray}; the grid's recipes: {sorted(self.recipes)}")
+        bad = [name for name in self.recipes if not name.isidentifier() or name.isdigit()]
+        if bad:
+            raise ValueError(f"recipes: names {bad} must be words (they go into experiment names)")
+        for where, seeds in [("seeds", self.seeds), *((f"seeds_for.{k}", v) for k, v in self.seeds_for.items())]:
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise ValueError(f"{where}: {seeds} must list distinct seeds, at least one")
+        stray = sorted(set(self.seeds_for) - set(GridMethod.__args__) - set(self.recipes))
+        if stray:
+            raise ValueError(f"seeds_for: {stray} are neither methods nor recipes of the grid")
         for backbone in self.tasks:
             methods = self.methods_of(backbone)
             if "scratch" in methods and ("kwyn" not in methods or not self.ratios):
@@ -380,6 +456,8 @@ class GridSpec(_Strict):
             if exp.task not in self.datasets[exp.dataset].TASKS:
                 raise ValueError(f"{where}.task: unknown task {exp.task!r} for {exp.dataset}; known: "
                                  f"{list(self.datasets[exp.dataset].TASKS)}")
+            if reason := self.datasets[exp.dataset].refusal(exp.task):
+                raise ValueError(f"{where}.task: task {exp.task!r} of dataset {exp.dataset}: {reason}")
         return self
 
 
@@ -417,6 +495,8 @@ class Params(_Strict):
             if exp.task not in dataset.TASKS:
                 raise ValueError(f"{where}.task: unknown task {exp.task!r} for {exp.dataset}; known: "
                                  f"{list(dataset.TASKS)}")
+            if reason := dataset.refusal(exp.task):
+                raise ValueError(f"{where}.task: task {exp.task!r} of dataset {exp.dataset}: {reason}")
             if dataset.TASKS[exp.task] == "asr":
                 from kwyn.backbones import family_class
 
@@ -481,6 +561,7 @@ class ResolvedExperiment(BaseModel):
     task: str
     method: str
     sparsity: Optional[Sparsity]
+    recipe: Optional[Recipe] = None
     lottery: Optional[Lottery] = None
     convexity: Optional[Convexity] = None
     source: Optional[str] = None  # scratch: the kwyn experiment whose architecture is trained
@@ -504,7 +585,8 @@ def experiment(name: str, params: Params | None = None) -> ResolvedExperiment:
         entry = params.scratch[name]
         source = experiment(entry.from_, params)
         train = params.train.model_copy(update=entry.train.model_dump(exclude_none=True))
-        return source.model_copy(update={"name": name, "method": "scratch", "source": entry.from_, "train": train})
+        return source.model_copy(update={"name": name, "method": "scratch", "source": entry.from_, "train": train,
+                                         "recipe": None})
     if name not in params.experiments:
         raise ParamsError(f"unknown experiment {name!r}; defined: {sorted(experiment_names(params))}")
     exp = params.experiments[name]
@@ -512,6 +594,6 @@ def experiment(name: str, params: Params | None = None) -> ResolvedExperiment:
     return ResolvedExperiment(
         name=name, backbone=exp.backbone, checkpoint=exp.checkpoint, dataset=exp.dataset,
         dataset_params=params.datasets[exp.dataset], task=exp.task, method=exp.method,
-        sparsity=exp.sparsity, lottery=exp.lottery, convexity=exp.convexity,
+        sparsity=exp.sparsity, recipe=exp.recipe, lottery=exp.lottery, convexity=exp.convexity,
         train=params.train.model_copy(update=overrides),
         profile=params.profile.model_copy(update=exp.profile.model_dump(exclude_none=True)))

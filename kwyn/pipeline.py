@@ -55,7 +55,7 @@ def prepare(dataset: str) -> dict:
     """Render (offline kinds) or read (benchmarks, custom) dataset `dataset` of params.yaml, then write
     data/<dataset>/prepared (meta.json + split arrays). Returns {"rendered": summary or None, "prepared":
     {split: summary}}."""
-    from kwyn.data.benchmarks import load_benchmark, load_speech_commands, prepare_task
+    from kwyn.data.benchmarks import load_benchmark, prepare_task
     from kwyn.data.custom import load_custom
 
     params = load_params()
@@ -65,7 +65,6 @@ def prepare(dataset: str) -> dict:
     raw, out = data_dir(dataset) / "raw", data_dir(dataset) / "prepared"
     prep = dict(sample_rate=p.sample_rate, clip_seconds=p.clip_seconds, offset_seconds=p.offset_seconds,
                 on_bad_audio=p.on_bad_audio, workers=p.workers)
-    rendered = None
     if p.kind == "soundfont_notes":
         from kwyn.data.prepare import prepare_nsynth_like
         from kwyn.data.soundfont import render_nsynth_like
@@ -75,13 +74,16 @@ def prepare(dataset: str) -> dict:
                                       split_per_family=tuple(p.split_per_family))
         return {"rendered": rendered, "prepared": prepare_nsynth_like(raw, out, pitches=tuple(p.pitches), **prep)}
     if p.kind == "spoken_commands":
-        from kwyn.data.spoken_commands import render_spoken_commands
+        from kwyn.data.spoken_commands import prepare_spoken_commands, render_spoken_commands
 
         rendered = render_spoken_commands(raw, seed=p.seed, words=p.words, voices=p.voices, rates=p.rates,
                                           pitches=p.pitches, noise_db=p.noise_db, sample_rate=p.sample_rate,
-                                          split_per_voice=p.split_per_voice)
-        data = load_speech_commands(raw)
-    elif p.kind == "custom":
+                                          split_by=p.split_by, split_per_voice=p.split_per_voice,
+                                          split_per_utterance=p.split_per_utterance)
+        # only the tasks an experiment may use: a voice split's prepared files stay word-only, as before `speaker`
+        tasks = [t for t in p.TASKS if p.refusal(t) is None]
+        return {"rendered": rendered, "prepared": prepare_spoken_commands(raw, out, tasks=tasks, **prep)}
+    if p.kind == "custom":
         data = load_custom(root() / p.path, name=dataset)
     else:  # a benchmark
         where = root() / p.root if p.root else raw
@@ -92,7 +94,7 @@ def prepare(dataset: str) -> dict:
         data = load_benchmark(p.kind, where, **p.loader_args())
     if data.task not in p.TASKS:  # the loaders and params.py's task declarations must agree
         raise RuntimeError(f"{p.kind} gave task {data.task!r}, but params.py declares {list(p.TASKS)}")
-    return {"rendered": rendered, "prepared": prepare_task(data, out, **prep)}
+    return {"rendered": None, "prepared": prepare_task(data, out, **prep)}
 
 
 def train(name: str, **kwargs) -> dict:

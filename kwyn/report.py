@@ -46,6 +46,18 @@ NAN = float("nan")
 # one row per result
 
 
+def recipe_text(result: dict) -> str:
+    """'warm-up 10% distil 1 re-fit 20% mask lr 0.2' for a kwyn run with a recipe (kwyn.recipe), '' for the
+    paper's loop (a recipe with every option off trains exactly as the paper's loop)."""
+    recipe = result.get("recipe") or {}
+    parts = [f"warm-up {100 * recipe['head_warmup']:g}%" if recipe.get("head_warmup") else "",
+             f"distil {recipe['distill']:g}" if recipe.get("distill") else "",
+             f"re-fit {100 * recipe['refit']:g}%" if recipe.get("refit") else ""]
+    if any(parts) and result.get("mask_lr") is not None:
+        parts.append(f"mask lr {result['mask_lr']:g}")
+    return " ".join(p for p in parts if p)
+
+
 def setting(result: dict) -> str:
     method, target = result["method"], result.get("target_ratio")
     target_text = f" target {100 * target:g}%" if target is not None else ""
@@ -53,7 +65,7 @@ def setting(result: dict) -> str:
         return method
     if method == "kwyn":
         return (f"kwyn {result.get('sparsity_loss')} t={result.get('t', NAN):g} λ={result.get('lambda', NAN):g}"
-                + target_text)
+                + (f" + {recipe_text(result)}" if recipe_text(result) else "") + target_text)
     if method == "scratch":
         return "scratch" + (target_text or f" {100 * result['trim_ratio']:.0f}%")
     if method == "lottery":
@@ -82,6 +94,7 @@ def results_frame(results: list[dict]) -> pd.DataFrame:
         target = r.get("target_ratio")
         return {"experiment": r["experiment"], "model": r["backbone"], "dataset": r["dataset"], "task": r["task"],
                 "task_type": r.get("task_type", "classification"), "method": r["method"], "setting": setting(r),
+                "recipe": recipe_text(r), "seed": r.get("seed", 0),
                 "round": r.get("round"), "target_pct": NAN if target is None else 100 * target,
                 "trim_pct": 100 * r["trim_ratio"], "metric": r["metric"], "score": test[r["metric"]],
                 "masked_score": masked.get(r["metric"], NAN),
@@ -99,13 +112,54 @@ def results_frame(results: list[dict]) -> pd.DataFrame:
 
     frame = pd.DataFrame([row(r) for r in expand_rounds(results)])
     frame["round"] = frame["round"].astype("Int64")
-    base = frame[frame.method == "base"].drop_duplicates(GROUP).set_index(GROUP)
+    base = frame[frame.method == "base"].groupby(GROUP)[["score", "w_acc"]].mean()  # over its seeds
     for column in ("score", "w_acc"):
         frame[f"base_{column}"] = [base[column].get(key, NAN) for key in zip(*(frame[c] for c in GROUP))]
     sign = frame.higher_is_better.map({True: 1.0, False: -1.0})
     frame["delta_vs_base"] = sign * (frame.score - frame.base_score)
     frame["relative_drop"] = relative_drop(frame.score, frame.base_score, frame.higher_is_better)
     return frame.sort_values(GROUP + ["method", "trim_pct"], key=_method_order).reset_index(drop=True)
+
+
+SEED_SPREAD = ["score", "trim_pct"]  # seed_means keeps their min, max and std beside the mean
+
+
+def config_name(experiment: str) -> str:
+    """The configuration an experiment repeats: its name without the grid's _seed<k> suffix (kwyn.grid)."""
+    return re.sub(r"_seed\d+$", "", experiment)
+
+
+def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (config_name): the runs that differ only by their seed averaged.
+
+    Numbers are means over the seeds (score, trimming ratio, cost, latency, speed-up); `seeds` counts them,
+    score_min / score_max / score_std (and trim_pct_*) give the spread, `experiment` names the first seed's run.
+    delta_vs_base and relative_drop are recomputed from the mean score and the mean base score.
+    """
+    if frame.empty:
+        return frame
+    keys = GROUP + ["config", "task_type", "method", "setting", "recipe", "round", "target_pct", "metric",
+                    "higher_is_better"]
+    frame = frame.assign(round=frame["round"].astype("float"), target_pct=frame.target_pct.fillna(-1),
+                         config=frame.experiment.map(config_name))
+    numeric = [c for c in frame.columns if c not in keys and c not in ("experiment", "seed", "threads")
+               and pd.api.types.is_numeric_dtype(frame[c])]
+    grouped = frame.sort_values("seed").groupby(keys, sort=False, dropna=False)
+    out = grouped[numeric].mean()
+    for column in SEED_SPREAD:
+        out[f"{column}_min"] = grouped[column].min()
+        out[f"{column}_max"] = grouped[column].max()
+        out[f"{column}_std"] = grouped[column].std(ddof=0)
+    out["seeds"] = grouped.size()
+    out["experiment"] = grouped.experiment.first()
+    out["threads"] = grouped.threads.first()
+    out = out.reset_index()
+    out["round"] = out["round"].astype("Int64")
+    out["target_pct"] = out.target_pct.where(out.target_pct >= 0)
+    sign = out.higher_is_better.map({True: 1.0, False: -1.0})
+    out["delta_vs_base"] = sign * (out.score - out.base_score)
+    out["relative_drop"] = relative_drop(out.score, out.base_score, out.higher_is_better)
+    return out.sort_values(GROUP + ["method", "trim_pct"], key=_method_order).reset_index(drop=True)
 
 
 def _method_order(column: pd.Series) -> pd.Series:
@@ -123,7 +177,7 @@ def relative_drop(score, base_score, higher_is_better):
 
 def results_table(frame: pd.DataFrame) -> pd.DataFrame:
     """The long detail table: every result (every lottery round) with every metric next to the base's."""
-    return frame[["model", "dataset", "task", "method", "setting", "experiment", "target_pct", "trim_pct", "metric",
+    return frame[["model", "dataset", "task", "method", "setting", "experiment", "seed", "target_pct", "trim_pct", "metric",
                   "higher_is_better", "score", "masked_score", "base_score", "delta_vs_base", "relative_drop",
                   "w_acc", "macro_acc", "base_w_acc", "roc_auc", "cer", "max_abs_diff", "params_m", "size_mb",
                   "gflops", "latency_ms", "full_latency_ms", "speedup"]].copy()
@@ -158,21 +212,37 @@ def table1(frame: pd.DataFrame) -> pd.DataFrame:
     """The paper's Table I: one row per (model, dataset, task); scores of each method at 25/50/75 % removed."""
     out = []
     for (model, dataset, task), g in frame.groupby(GROUP, sort=False):
-        by = {m: g[g.method == m] for m in METHODS}
-        row = {"source": "kwyn", "model": model, "dataset": dataset, "task": task, "metric": g.metric.iloc[0],
-               "higher_is_better": bool(g.higher_is_better.iloc[0]),
-               "base": by["base"].score.iloc[0] if len(by["base"]) else NAN,
-               "ssf": by["ssf"].score.iloc[0] if len(by["ssf"]) else NAN}
+        recipe = g.recipe if "recipe" in g else pd.Series("", index=g.index)
+        by = {m: g[(g.method == m) & (recipe == "")] for m in METHODS}
+        head = {"source": "kwyn", "model": model, "dataset": dataset, "task": task, "metric": g.metric.iloc[0],
+                "higher_is_better": bool(g.higher_is_better.iloc[0]),
+                "base": by["base"].score.iloc[0] if len(by["base"]) else NAN}
+        row = {**head, "recipe": "", "ssf": by["ssf"].score.iloc[0] if len(by["ssf"]) else NAN}
         for method, prefix in (("scratch", "scratch"), ("kwyn", "ours")):
-            for pct in RATIOS_PCT:
-                hit = at_ratio(by[method], pct)
-                row[f"{prefix}_{pct}"] = NAN if hit is None else hit.score
+            row |= _at_ratios(by[method], prefix)
         for name, best in (("best", best_row(by["kwyn"])), ("lottery_best", best_row(by["lottery"])),
                            ("convexity", best_row(by["convexity"]))):
             row[f"{name}_trim_pct"] = NAN if best is None else best.trim_pct
             row[f"{name}_score"] = NAN if best is None else best.score
         out.append(row)
+        # each kwyn recipe in a row of its own, beside the paper's loop: same base, its own ours_XX
+        for name in dict.fromkeys(recipe[(g.method == "kwyn") & (recipe != "")]):
+            runs = g[(g.method == "kwyn") & (recipe == name)]
+            best = best_row(runs)
+            out.append({**head, "recipe": name, **_at_ratios(runs, "ours"), "best_trim_pct": best.trim_pct,
+                        "best_score": best.score})
     return pd.DataFrame(out)
+
+
+def _at_ratios(rows: pd.DataFrame, prefix: str) -> dict:
+    """{prefix_XX: score at XX %} for the Table I ratios, with the spread over seeds (prefix_XX_std) where known."""
+    out = {}
+    for pct in RATIOS_PCT:
+        hit = at_ratio(rows, pct)
+        out[f"{prefix}_{pct}"] = NAN if hit is None else hit.score
+        if "score_std" in rows:
+            out[f"{prefix}_{pct}_std"] = NAN if hit is None else hit.score_std
+    return out
 
 
 TABLE1_CAPTION = (
@@ -220,13 +290,17 @@ def table2(frame: pd.DataFrame) -> pd.DataFrame:
         out.append({"source": "kwyn", "model": model, "variant": "base", "method": "base", "size_mb": full.full_size_mb,
                     "gflops": full.full_gflops, "gmacs": full.full_gmacs, "latency_ms": full.full_latency_ms,
                     "speedup": 1.0})
-        for method in TRIMMED_METHODS:
+        recipes = m.recipe if "recipe" in m else pd.Series("", index=m.index)
+        variants = [(method, recipe) for method in TRIMMED_METHODS
+                    for recipe in dict.fromkeys(recipes[m.method == method])]
+        for method, recipe in variants:
             picked = {}  # task kind -> selected rows
-            for (dataset, task), g in m[m.method == method].groupby(["dataset", "task"], sort=False):
-                name = "trim" if method == "kwyn" else method
+            name = ("trim" if method == "kwyn" else method) + ("+recipe" if recipe else "")
+            chosen = m[(m.method == method) & (recipes == recipe)]
+            for (dataset, task), g in chosen.groupby(["dataset", "task"], sort=False):
                 best = select_fastest_within(g)
                 row = {"source": "kwyn", "model": model, "variant": f"{name} ({dataset}/{task})", "method": method,
-                       "tasks": f"{dataset}/{task}", "task_type": g.task_type.iloc[0]}
+                       "recipe": recipe, "tasks": f"{dataset}/{task}", "task_type": g.task_type.iloc[0]}
                 if best is None:
                     row["note"] = f"no {method} model within {100 * MAX_RELATIVE_DROP:g} % of base"
                 else:
@@ -237,11 +311,11 @@ def table2(frame: pd.DataFrame) -> pd.DataFrame:
                 out.append(row)
             for kind, rows in picked.items():
                 mean = pd.DataFrame(rows)[cost + ["trim_pct"]].mean()
-                out.append({"source": "kwyn", "model": model, "method": method,
-                            "variant": f"{'trim' if method == 'kwyn' else method}-{TASK_KINDS.get(kind, kind)}",
+                out.append({"source": "kwyn", "model": model, "method": method, "recipe": recipe,
+                            "variant": f"{name}-{TASK_KINDS.get(kind, kind)}",
                             "tasks": ", ".join(r["tasks"] for r in rows), "task_type": kind, **mean.to_dict(),
                             "note": f"mean over {len(rows)} task(s)"})
-    columns = ["source", "model", "variant", "method", "tasks", "task_type", "experiment", "setting", "trim_pct",
+    columns = ["source", "model", "variant", "method", "recipe", "tasks", "task_type", "experiment", "setting", "trim_pct",
                "score", "base_score", "relative_drop_pct", *cost, "note"]
     return pd.DataFrame(out).reindex(columns=columns)
 
@@ -320,6 +394,7 @@ def _latex_escape(text: str) -> str:
 STYLE = {"kwyn": dict(marker="o", ls="-", color="C0"), "scratch": dict(marker="s", ls="", color="C1"),
          "lottery": dict(marker="^", ls="-", color="C2"), "convexity": dict(marker="D", ls="", color="C3"),
          "ssf": dict(marker="P", ls="", color="C4"), "base": dict(marker="*", ls="", color="grey")}
+RECIPE_STYLE = dict(color="C5", ls="--", marker="v")  # kwyn trained with a recipe (kwyn.recipe)
 LABELS = {"kwyn": "kwyn (masks, then trimmed)", "scratch": "scratch (trimmed architecture re-trained)",
           "lottery": "lottery (rounds)", "convexity": "convexity (layers dropped)", "ssf": "SSF (nothing removed)",
           "base": "base (frozen encoder + head)"}
@@ -357,13 +432,23 @@ def plot_metric_vs_trimming(frame: pd.DataFrame, path: Path) -> None:
     groups = list(frame.groupby(GROUP, sort=False))
     fig, axes = _axes(len(groups))
     for ax, ((model, dataset, task), g) in zip(axes, groups):
+        recipes = g.recipe if "recipe" in g else pd.Series("", index=g.index)
         for method in ("kwyn", "scratch", "lottery", "convexity"):
-            rows = g[g.method == method].sort_values("round" if method == "lottery" else "trim_pct")
-            if len(rows):
-                ax.plot(rows.trim_pct, rows.score, label=LABELS[method], **STYLE[method])
+            for recipe in dict.fromkeys(recipes[g.method == method]):
+                rows = g[(g.method == method) & (recipes == recipe)]
+                rows = rows.sort_values("round" if method == "lottery" else "trim_pct")
+                style = dict(STYLE[method], **(RECIPE_STYLE if recipe else {}))
+                label = LABELS[method] + (f", {recipe}" if recipe else (", paper's loop" if method == "kwyn" else ""))
+                ax.plot(rows.trim_pct, rows.score, label=label, **style)
+                if "score_min" in rows and (rows.seeds > 1).any():  # the spread over seeds
+                    ax.errorbar(rows.trim_pct, rows.score, yerr=[rows.score - rows.score_min,
+                                                                 rows.score_max - rows.score],
+                                fmt="none", ecolor=style["color"], capsize=3, alpha=0.8)
         for method, ls in (("base", "--"), ("ssf", ":")):
             for _, row in g[g.method == method].iterrows():
                 ax.axhline(row.score, color=STYLE[method]["color"], ls=ls, label=LABELS[method])
+                if "score_min" in row and row.get("seeds", 1) > 1:
+                    ax.axhspan(row.score_min, row.score_max, color=STYLE[method]["color"], alpha=0.12)
         ax.set(title=f"{model} / {dataset} {task}", xlabel="encoder parameters removed (%)", ylabel=_ylabel(g),
                xlim=(-2, 100))
         ax.legend(fontsize=7)
@@ -399,8 +484,18 @@ def kept_share(result: dict) -> pd.DataFrame:
 
 
 def closest_to(frame: pd.DataFrame, pct: float = 50.0) -> pd.DataFrame:
-    """Per (model, dataset, task), the kwyn run closest to pct % removed: one mask to show per task."""
+    """Per (model, dataset, task), the kwyn run closest to pct % removed: one mask to show per task. Where a
+    model's tasks share a recipe, only its runs are candidates (the same training on every task, so that masks
+    compare), the recipe ahead of the paper's loop."""
     kwyn = frame[frame.method == "kwyn"]
+    if "recipe" in kwyn:
+        def shared_recipe(g: pd.DataFrame) -> str:
+            per_task = [set(t.recipe) for _, t in g.groupby(["dataset", "task"])]
+            shared = set.intersection(*per_task) if per_task else set()
+            return max(shared, key=lambda r: (r != "", r)) if shared else None
+
+        chosen = {model: shared_recipe(g) for model, g in kwyn.groupby("model")}
+        kwyn = kwyn[np.array([chosen[m] is None or r == chosen[m] for m, r in zip(kwyn.model, kwyn.recipe)], bool)]
     return kwyn.loc[(kwyn.trim_pct - pct).abs().groupby([kwyn[c] for c in GROUP], sort=False).idxmin()]
 
 
@@ -512,8 +607,9 @@ def write_all(results: list[dict], tables_dir: Path, figures_dir: Path, referenc
     """Write every table and figure; reference_dir holds the paper's paper_table{1,2}.csv (found if not given)."""
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     reference_dir = Path(reference_dir) if reference_dir else find_reference_dir()
-    frame = results_frame(results)
-    detail = results_table(frame)
+    runs = results_frame(results)
+    detail = results_table(runs)
+    frame = seed_means(runs)  # tables and figures: one row per configuration, averaged over its seeds
     t1 = with_paper(table1(frame), reference_dir and reference_dir / "paper_table1.csv")
     t2 = with_paper(table2(frame), reference_dir and reference_dir / "paper_table2.csv")
 
@@ -527,8 +623,11 @@ def write_all(results: list[dict], tables_dir: Path, figures_dir: Path, referenc
     _write_table(t2, tables_dir / "table2", table2_caption(frame))
 
     plot_metric_vs_trimming(frame, figures_dir / "metric_vs_trimming.png")
-    plot_kept_units(frame, results, figures_dir / "kept_units_heatmap.png")
+    # one run's masks per configuration (the figures show units, which do not average): each config's first seed
+    first_seed = (runs.assign(_config=runs.experiment.map(config_name)).sort_values("seed", kind="stable")
+                  .drop_duplicates(["_config", "round"]).drop(columns="_config").sort_index())
+    plot_kept_units(first_seed, results, figures_dir / "kept_units_heatmap.png")
     plot_pareto_latency(frame, figures_dir / "pareto_latency.png")
-    overlaps = plot_mask_overlap(frame, results, figures_dir / "mask_overlap.png")
+    overlaps = plot_mask_overlap(first_seed, results, figures_dir / "mask_overlap.png")
     plot_convexity(results, figures_dir / "convexity_per_layer.png")
-    return {"results": detail, "table1": t1, "table2": t2, "frame": frame, "mask_overlap": overlaps}
+    return {"results": detail, "table1": t1, "table2": t2, "frame": frame, "runs": runs, "mask_overlap": overlaps}

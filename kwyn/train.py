@@ -48,6 +48,7 @@ from kwyn.masks import MaskSet, RatioControl, sparsity_loss
 from kwyn.metrics import task_type
 from kwyn.model import TaskModel, predict, task_model
 from kwyn.params import ResolvedExperiment
+from kwyn.recipe import Schedule, TeacherCache, distillation_loss, gradient_importance, importance_logits, unit_costs
 from kwyn.ssf import ScaleShiftSet
 from kwyn.trim import trim_model
 
@@ -124,8 +125,16 @@ class Learner(nn.Module):
                 modulation.attach(model.backbone)
         model.backbone.requires_grad_(train_encoder)
 
-    def forward(self, audio, lengths=None):
-        return self.model(audio, lengths)
+    def forward(self, audio, lengths=None, *, features=None, encoder_grad: bool = True,
+                return_features: bool = False):
+        """The task model's outputs. features: given embeddings instead of the encoder's (head warm-up);
+        encoder_grad=False runs the encoder without building its graph (re-fit); return_features: also
+        the encoder's output (distillation). Inside forward, so that DDP sees every phase."""
+        if features is None:
+            with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
+                features = self.model.features(audio, lengths)
+        outputs = self.model.apply_head(features)
+        return (outputs, features) if return_features else outputs
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -184,8 +193,12 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     type_name, ttype = task_type(train_set, exp.name)
     model, masks = learner.model, learner.modulations if modulation_kind == "masks" else None
+    recipe = exp.recipe if masks is not None else None
+    schedule = Schedule.of(steps, recipe)
+    mask_steps, steps = steps, schedule.steps  # a recipe's warm-up and re-fit come on top of the mask training
     learner.to(runtime.device)
-    wrapped = distributed.wrap(learner, runtime)
+    # a recipe's head warm-up and re-fit steps give the masks no gradient, which DDP must be told
+    wrapped = distributed.wrap(learner, runtime, **({"find_unused_parameters": True} if recipe else {}))
     optimizer = torch.optim.Adam(learner.param_groups(cfg))
     warmup_steps = math.ceil(cfg.warmup * steps) if learner.train_encoder else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -194,8 +207,9 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
     scaler = distributed.grad_scaler(runtime)
     control = None
     if masks is not None and exp.sparsity.ratio is not None:
-        control = RatioControl(model.backbone, masks, exp.sparsity.ratio, steps, exp.sparsity.ratio_ramp,
-                               seed=cfg.seed)
+        control = RatioControl(model.backbone, masks, exp.sparsity.ratio, schedule.mask_steps,
+                               exp.sparsity.ratio_ramp, seed=cfg.seed, start=schedule.mask_start)
+    teacher = TeacherCache(model, masks, train_set) if recipe and (recipe.head_warmup or recipe.distill) else None
     sampler = torch.Generator().manual_seed(cfg.seed)  # same on every rank: each takes its shard of one batch
     val_indices = torch.randperm(len(valid_set), generator=torch.Generator().manual_seed(cfg.seed + 1))
     val_indices = val_indices[:cfg.val_examples].tolist()
@@ -228,24 +242,40 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
 
     if snapshot_at == 0 and runtime.is_main and not (run_dir / "rewind.pt").exists():
         _save(snapshot(), run_dir / "rewind.pt")
-    select_from = math.floor(cfg.select_after * steps)
+    # selection from select_after of the mask training on (the ramp's end, by default), never in the warm-up
+    select_from = schedule.mask_start + math.floor(cfg.select_after * mask_steps)
     started = time.perf_counter() - state["seconds"]
     bar = tqdm(range(state["step"], steps), initial=state["step"], total=steps, desc=exp.name,
                disable=not (progress and runtime.is_main))
     learner.train()
     for step in bar:
-        if control is not None:
+        phase = schedule.phase(step)
+        if step == schedule.mask_start and recipe is not None and recipe.init == "importance":
+            _importance_init(exp, learner, masks, train_set, ttype, runtime)
+        if control is not None and phase == "masks":
             control.update(step)
         batch = torch.randint(len(train_set), (cfg.batch_size,), generator=sampler).tolist()
-        audio, lengths, targets = ttype.collate(train_set, distributed.shard(batch, runtime))
+        shard = distributed.shard(batch, runtime)
+        audio, lengths, targets = ttype.collate(train_set, shard)
         audio, targets = audio.to(runtime.device), _to(targets, runtime.device)
+        d_loss = None
         with distributed.autocast(runtime):
-            outputs = wrapped(audio, lengths)
+            if phase == "head":
+                outputs = wrapped(audio, lengths, features=teacher(shard))
+            elif phase == "refit":
+                outputs = wrapped(audio, lengths, encoder_grad=False)
+            elif recipe is not None and recipe.distill:
+                outputs, features = wrapped(audio, lengths, return_features=True)
+                d_loss = distillation_loss(features, teacher(shard))
+            else:
+                outputs = wrapped(audio, lengths)
             task_loss = ttype.loss(outputs, targets)
             loss, s_loss = task_loss, torch.zeros(())
-            if masks is not None and exp.sparsity.lambda_ > 0:
+            if masks is not None and exp.sparsity.lambda_ > 0 and phase == "masks":
                 s_loss = sparsity_loss(exp.sparsity.loss, masks.logits(), exp.sparsity.t)
                 loss = task_loss + exp.sparsity.lambda_ * s_loss
+            if d_loss is not None:
+                loss = loss + recipe.distill * d_loss
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -269,6 +299,8 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
                    "trim_ratio": trimming_ratio(model.backbone, learner.modulations) if has_masks else 0.0,
                    "kept_units": sum(len(v) for v in learner.modulations.kept_units().values()) if has_masks
                    else None}
+            if recipe is not None:  # the paper-faithful history keeps its columns
+                row.update(phase=phase, distill_loss=d_loss.item() if d_loss is not None else None)
             state["history"].append(row)
             bar.set_postfix(val=f"{row['val_metric']:.3f}", trim=f"{row['trim_ratio']:.2f}")
             if done >= select_from and ttype.better(row["val_metric"], (state["best"] or {}).get("val_metric")):
@@ -295,6 +327,27 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
     return summary
 
 
+def _importance_init(exp, learner: Learner, masks: MaskSet, train_set, ttype, runtime) -> None:
+    """The recipe's `init: importance`: mask logits from each unit's gradient importance per parameter
+    (kwyn.recipe.importance_logits), on batches of their own so that the training batches stay as they were."""
+    drawn = torch.Generator().manual_seed(exp.train.seed + 3)
+    batches = []
+    for _ in range(exp.recipe.init_batches):
+        indices = torch.randint(len(train_set), (exp.train.batch_size,), generator=drawn).tolist()
+        audio, lengths, targets = ttype.collate(train_set, distributed.shard(indices, runtime))
+        batches.append((audio.to(runtime.device), lengths, _to(targets, runtime.device)))
+    importance = gradient_importance(learner, masks, batches, ttype.loss)
+    if runtime.distributed:  # each rank saw its shard of every batch: every rank must start from the same logits
+        importance = importance.to(runtime.device)
+        torch.distributed.all_reduce(importance)
+        importance = importance.cpu()
+    logits = importance_logits(importance, unit_costs(learner.model.backbone.trimmed_param_counter(), masks),
+                               exp.train.mask_init)
+    with torch.no_grad():
+        for mask, part in zip(masks.values(), logits.split([m.logits.numel() for m in masks.values()])):
+            mask.logits.copy_(part.to(mask.logits.device))
+
+
 def _trainable_state(learner: Learner) -> dict:
     """The learner's state without a frozen encoder's weights, which the run does not change."""
     return {k: v for k, v in _state(learner).items() if learner.train_encoder or not k.startswith("model.backbone.")}
@@ -310,8 +363,8 @@ def _to(targets, device):
 
 def _write_history(rows: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "loss", "task_loss", "sparsity_loss", "val_metric",
-                                               "trim_ratio", "kept_units"])
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)) or [
+            "step", "loss", "task_loss", "sparsity_loss", "val_metric", "trim_ratio", "kept_units"])
         writer.writeheader()
         writer.writerows(rows)
 

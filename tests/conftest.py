@@ -26,8 +26,8 @@ def tiny_params(steps=6, **train) -> dict:
     """A params.yaml for CREPE-tiny on a few rendered notes: the default grid's shape, seconds to run."""
     raw = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
     raw["datasets"] = {"notes": dict(TINY_DATASET)}
-    raw["train"].update(steps=steps, eval_every=3, checkpoint_every=3, val_examples=16, batch_size=4,
-                        threads=1, **train)
+    raw["train"].update({"steps": steps, "eval_every": 3, "checkpoint_every": 3, "val_examples": 16, "batch_size": 4,
+                         "threads": 1, **train})
     raw["profile"].update(repeats=3, warmup=1)
     raw["experiments"] = {
         "tiny_base": {"backbone": "crepe-tiny", "dataset": "notes", "task": "pitch", "method": "base"},

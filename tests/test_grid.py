@@ -163,7 +163,7 @@ def test_use_validates_the_whole_result_before_writing(params_copy):
 
 
 def test_unknown_grid_lists_the_known_ones(params_copy):
-    with pytest.raises(ParamsError, match=r"unknown grid 'papper'; grids in .*: default, paper"):
+    with pytest.raises(ParamsError, match=r"unknown grid 'papper'; grids in .*: default, every_method, paper"):
         use("papper", params_copy)
 
 
@@ -190,7 +190,7 @@ def test_name_by_task_and_extra_experiments_order():
 def test_cli(params_copy, capsys):
     assert _cli(["--params", str(params_copy), "list"]) == 0
     out = capsys.readouterr().out
-    assert "* default: 2 datasets" in out and "  paper: 9 datasets, 45 experiments, 27 scratch" in out
+    assert "* default: 3 datasets" in out and "  paper: 9 datasets, 45 experiments, 27 scratch" in out
     assert _cli(["--params", str(params_copy), "show", "paper"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "cnn14_esc50_base" and "cnn14_esc50_scratch_25  (from cnn14_esc50_kwyn_25)" in out

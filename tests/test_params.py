@@ -42,13 +42,13 @@ def test_the_shipped_params_are_valid():
     (lambda r: first_kwyn(r)["sparsity"].update(t=-0.1), r"sparsity.t: Input should be greater than or equal to 0"),
     (lambda r: first_kwyn(r)["sparsity"].update(loss="l1"), r"sparsity.loss: Input should be 'paper' or 'authors_code'"),
     (lambda r: first_kwyn(r).update(backbone="crepe-huge"), r"backbone: unknown backbone 'crepe-huge'; known: \[.*'crepe-full'"),
-    (lambda r: first_kwyn(r).update(dataset="esc50"), r"dataset: unknown dataset 'esc50'; defined: \['notes', 'words'\]"),
+    (lambda r: first_kwyn(r).update(dataset="esc50"), r"dataset: unknown dataset 'esc50'; defined: \['notes', 'voices', 'words'\]"),
     (lambda r: first_kwyn(r).update(task="tempo"), r"task: unknown task 'tempo' for notes; known: \['pitch', 'instrument_family'\]"),
     (lambda r: first_kwyn(r).update(method="prune"), r"method: Input should be 'base', 'ssf', 'kwyn', 'lottery' or 'convexity'"),
     (lambda r: first_kwyn(r).update(method="ssf"), r"method 'ssf' trains no learned mask: remove its 'sparsity' block"),
     (lambda r: first_kwyn(r)["sparsity"].update(ratio=1.5), r"sparsity.ratio: Input should be less than 1"),
     (lambda r: r.update(scratch={"s": {"from": "nope"}}), r"scratch.s.from: 'nope' is not a kwyn experiment"),
-    (lambda r: r.update(scratch={"s": {"from": "crepe_pitch_kwyn_25", "train": {"precision": "fp8"}}}), r"scratch.s.train.precision: Input should be 'fp32', 'bf16' or 'fp16'"),
+    (lambda r: r.update(scratch={"s": {"from": "crepe_pitch_kwyn_50", "train": {"precision": "fp8"}}}), r"scratch.s.train.precision: Input should be 'fp32', 'bf16' or 'fp16'"),
     (lambda r: first_kwyn(r).pop("sparsity"), r"method 'kwyn' needs a 'sparsity' block"),
     (lambda r: r["datasets"]["notes"].update(on_bad_audio="ignore"), r"on_bad_audio: Input should be 'error' or 'skip'"),
     # the other dataset kinds
@@ -73,7 +73,7 @@ def test_the_shipped_params_are_valid():
      r"task: unknown task 'genre' for d; known: \['tags'\]"),
     (lambda r: (with_dataset({"kind": "librispeech", "root": "x"}, task="transcript")(r),
                 first_kwyn(r).update(backbone="clap-cnn14")),
-     r"experiments.crepe_pitch_kwyn_25.backbone: 'clap-cnn14' gives no frame sequence .* cannot serve the ASR task"),
+     r"experiments.crepe_pitch_kwyn_50.backbone: 'clap-cnn14' gives no frame sequence .* cannot serve the ASR task"),
 ])
 def test_bad_params_name_the_key_and_allowed_values(edit, expected):
     with pytest.raises(ParamsError, match=expected):

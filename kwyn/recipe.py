@@ -1,0 +1,130 @@
+"""Mask training that converges in a CPU budget: the phases of a run and the distillation teacher.
+
+The paper trains masks and head together from the first step, for 100,000 steps. In a few hundred,
+two things go wrong (issue F, README "Convergence in a CPU budget"): the head starts random, so the
+first mask gradients carry little about the task; and while the ratio ramp removes units the head
+chases a moving encoder, so validation collapses at the end of the ramp and recovers only slowly.
+An experiment's `recipe` block (kwyn.params.Recipe) adds three remedies, each off by default:
+
+  head_warmup  the head alone learns first, for this many steps before train.steps, on the full encoder's
+               embeddings (from the teacher cache: a forward of each clip once, then nothing);
+  distill      while the masks learn, the masked encoder's embedding is pulled towards the full one
+               (relative squared error), a dense signal on which units matter;
+  refit        the masks freeze after train.steps and the head alone re-fits, for this many steps, to
+               what they keep (the encoder runs forward only).
+
+Schedule says which phase each step is in; TeacherCache holds the full encoder's embeddings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PHASES = ("head", "masks", "refit")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Steps [0, mask_start) warm up the head, [mask_start, refit_start) train masks and head, the rest re-fit.
+
+    train.steps are the mask-training steps, the expensive ones; the recipe's warm-up comes before them (its
+    steps cost a forward of each new clip, then nothing) and its re-fit after them (encoder forward only).
+
+        schedule = Schedule.of(steps=200, recipe=Recipe(head_warmup=100, refit=50))
+        schedule.phase(0), schedule.phase(100), schedule.phase(300)   # 'head', 'masks', 'refit'
+        schedule.steps, schedule.mask_steps                            # 350, 200 (what the ratio ramp spans)
+    """
+    steps: int
+    mask_start: int
+    refit_start: int
+
+    @classmethod
+    def of(cls, steps: int, recipe=None) -> "Schedule":
+        if recipe is None:
+            return cls(steps, 0, steps)
+        return cls(recipe.head_warmup + steps + recipe.refit, recipe.head_warmup, recipe.head_warmup + steps)
+
+    @property
+    def mask_steps(self) -> int:
+        return self.refit_start - self.mask_start
+
+    def phase(self, step: int) -> str:
+        """The phase of the step that starts at `step` (0-based)."""
+        if step < self.mask_start:
+            return "head"
+        return "masks" if step < self.refit_start else "refit"
+
+
+class TeacherCache:
+    """The frozen full encoder's embedding of each training clip, computed when the clip is first drawn.
+
+    The teacher is the student's own encoder with its masks switched off (MaskSet.disabled), so it
+    costs no second copy of the weights. Each clip is embedded alone (batch 1): its value does not
+    depend on which clips it was drawn with, so a resumed run, which starts with an empty cache,
+    recomputes exactly the values the uninterrupted run had.
+
+        teacher = TeacherCache(model, masks, train_set)
+        targets = teacher([3, 17, 3])   # (3, D): the unmasked encoder's embeddings of clips 3, 17, 3
+        len(teacher)                    # 2 clips embedded so far
+    """
+
+    def __init__(self, model, masks, dataset):
+        if not hasattr(model, "features") or type(model).__name__ == "AsrModel":
+            raise ValueError("recipe head_warmup and distill need a pooled task (classification or tagging): "
+                             "the distillation target is the time-averaged embedding")
+        self.model, self.masks, self.dataset = model, masks, dataset
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    @torch.no_grad()
+    def __call__(self, indices: list[int]) -> torch.Tensor:
+        device = next(self.model.head.parameters()).device
+        missing = [i for i in dict.fromkeys(indices) if i not in self.cache]
+        if missing:
+            with self.masks.disabled():
+                for i in missing:
+                    audio = self.dataset[i][0][None].to(device)
+                    self.cache[i] = self.model.features(audio)[0].float().cpu()
+        return torch.stack([self.cache[i] for i in indices]).to(device)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Relative squared error ||s - t||^2 / ||t||^2 over the batch: 0 when the masked encoder gives the full
+    encoder's embeddings, 1 when it gives zeros, whatever the embeddings' scale."""
+    teacher = teacher.to(student.dtype)
+    return (student - teacher).pow(2).sum() / teacher.pow(2).sum().clamp_min(1e-12)
+
+
+def unit_costs(count, masks) -> torch.Tensor:
+    """Parameters each unit costs (what removing the first unit of its site saves), in MaskSet order."""
+    full = {name: mask.logits.numel() for name, mask in masks.by_site().items()}
+    total = count(full)
+    return torch.cat([torch.full((n,), float(total - count({**full, name: n - 1}))) for name, n in full.items()])
+
+
+def importance_logits(importance: torch.Tensor, costs: torch.Tensor, mask_init: float) -> torch.Tensor:
+    """mask_init + standardised log(importance per parameter): the ranking ratio control starts from.
+
+    A unit twice as important per parameter as another starts log(2)/std higher; the spread (std 1) is
+    what a few dozen Adam steps at the recipe's mask lr can still overturn."""
+    score = torch.log(importance.double().clamp_min(1e-30) / costs.double().clamp_min(1))
+    return (mask_init + (score - score.mean()) / score.std().clamp_min(1e-12)).float()
+
+
+def gradient_importance(learner, masks, batches, loss_fn) -> torch.Tensor:
+    """Per unit, the sum over batches of the squared gradient of the task loss w.r.t. its mask logit (an
+    empirical Fisher information of keeping the unit), in MaskSet order; the logits are left as they were."""
+    total = None
+    for audio, lengths, targets in batches:
+        for mask in masks.values():
+            mask.logits.grad = None
+        loss_fn(learner(audio, lengths), targets).backward()
+        squared = torch.cat([mask.logits.grad.detach().float().cpu() ** 2 for mask in masks.values()])
+        total = squared if total is None else total + squared
+    for mask in masks.values():
+        mask.logits.grad = None
+    learner.zero_grad(set_to_none=True)
+    return total

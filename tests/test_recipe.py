@@ -1,0 +1,199 @@
+"""kwyn.recipe: head warm-up, distillation from the cached full encoder and re-fit, each doing what it claims."""
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_params
+
+from kwyn import distributed
+from kwyn.data.prepare import PreparedDataset
+from kwyn.masks import MaskSet
+from kwyn.metrics import task_type
+from kwyn.model import task_model
+from kwyn.params import ParamsError, Recipe, experiment, validate
+from kwyn.recipe import (Schedule, TeacherCache, distillation_loss, gradient_importance, importance_logits,
+                         unit_costs)
+from kwyn.train import Learner, fit, frozen_backbone, load_trained, train
+
+
+def tiny_kwyn(recipe=None, ratio=0.5, lambda_=1.0, **train_overrides):
+    raw = tiny_params(**train_overrides)
+    raw["experiments"]["tiny_kwyn"]["sparsity"] = {"loss": "paper", "t": 0.5, "lambda": lambda_, "ratio": ratio}
+    if recipe is not None:
+        raw["experiments"]["tiny_kwyn"]["recipe"] = recipe
+    return experiment("tiny_kwyn", validate(raw))
+
+
+def test_schedule_puts_the_warmup_before_the_steps_and_the_refit_at_their_end():
+    schedule = Schedule.of(200, Recipe(head_warmup=20, refit=40))
+    assert (schedule.steps, schedule.mask_start, schedule.refit_start, schedule.mask_steps) == (260, 20, 220, 200)
+    assert [schedule.phase(s) for s in (0, 19, 20, 219, 220, 259)] == ["head"] * 2 + ["masks"] * 2 + ["refit"] * 2
+    assert Schedule.of(200) == Schedule(200, 0, 200)  # no recipe: every step trains the masks
+
+
+def test_recipe_is_validated():
+    raw = tiny_params()
+    raw["experiments"]["tiny_base"]["recipe"] = {"distill": 1.0}
+    with pytest.raises(ParamsError, match="'recipe' block trains masks"):
+        validate(raw)
+    with pytest.raises(ValueError, match="refit"):
+        Recipe(refit=0.5)  # a number of steps
+    with pytest.raises(ValueError, match="distil"):
+        Recipe(distil=1.0)  # a misspelt key names the allowed ones
+
+
+def test_distillation_loss_is_the_relative_squared_error():
+    teacher = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    assert distillation_loss(teacher.clone(), teacher) == 0
+    assert distillation_loss(torch.zeros(2, 2), teacher) == pytest.approx(1.0)
+    student = torch.tensor([[3.0, 0.0], [0.0, 3.0]])  # errors 16 and 9 over ||t||^2 = 25
+    assert distillation_loss(student, teacher) == pytest.approx(1.0)
+    assert distillation_loss(10 * student, 10 * teacher) == pytest.approx(1.0)  # scale-free
+
+
+def _learner(exp, data):
+    train_set = PreparedDataset(data, "train", exp.task)
+    backbone = frozen_backbone(exp)
+    _, ttype = task_type(train_set, exp.name)
+    masks = MaskSet(backbone.mask_sites(), exp.train.mask_init)
+    return Learner(task_model(backbone, ttype.make_head(backbone.embedding_dim, train_set)), masks, False), train_set
+
+
+def test_cached_teacher_targets_equal_recomputed_ones(tiny_data):
+    exp = tiny_kwyn()
+    learner, train_set = _learner(exp, tiny_data)
+    masks = learner.modulations
+    with torch.no_grad():
+        for mask in masks.values():  # a student that differs from the teacher: half of every site off
+            mask.logits[: mask.logits.numel() // 2] = -1.0
+    teacher = TeacherCache(learner.model, masks, train_set)
+    first = teacher([2, 0, 2])
+    assert len(teacher) == 2 and torch.equal(first[0], first[2])
+    again = teacher([0, 2])
+    assert torch.equal(again, first[[1, 0]])  # served from the cache
+    full = frozen_backbone(exp)  # a fresh encoder with no mask attached
+    with torch.no_grad():
+        recomputed = full.embed(torch.stack([train_set[i][0] for i in (2, 0)]))
+        masked = learner.model.features(torch.stack([train_set[i][0] for i in (2, 0)]))
+    torch.testing.assert_close(again, recomputed[[1, 0]], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(masked, recomputed, atol=1e-3)  # the student's masks were on throughout
+
+
+def test_a_recipe_with_every_option_off_leaves_the_run_identical(tmp_path, tiny_data):
+    train(tiny_kwyn(steps=9), tiny_data, tmp_path / "paper", progress=False)
+    train(tiny_kwyn({"head_warmup": 0, "distill": 0, "refit": 0}, steps=9), tiny_data, tmp_path / "off",
+          progress=False)
+    paper, off = (pd.read_csv(tmp_path / d / "history.csv") for d in ("paper", "off"))
+    assert list(paper.columns) == ["step", "loss", "task_loss", "sparsity_loss", "val_metric", "trim_ratio",
+                                   "kept_units"]
+    pd.testing.assert_frame_equal(paper, off[paper.columns])
+    a, b = (torch.load(tmp_path / d / "best.pt", weights_only=False) for d in ("paper", "off"))
+    for key in a["modulations"]:
+        assert torch.equal(a["modulations"][key], b["modulations"][key])
+
+
+def _fit_recording(exp, data, run_dir):
+    """fit() on a fresh learner, recording the mask logits, thresholds and head weights after every step."""
+    learner, train_set = _learner(exp, data)
+    valid_set = PreparedDataset(data, "valid", exp.task)
+    record = []
+
+    def on_step(step):
+        record.append({"logits": torch.cat([m.logits.detach().clone() for m in learner.modulations.values()]),
+                       "threshold": float(next(iter(learner.modulations.values())).threshold),
+                       "head": torch.cat([p.detach().flatten().clone() for p in learner.model.head.parameters()])})
+
+    fit(exp, learner, train_set, valid_set, run_dir, architecture={"init": "pretrained"}, modulation_kind="masks",
+        steps=exp.train.steps, runtime=distributed.setup("cpu", "fp32"), progress=False, on_step=on_step)
+    return record
+
+
+def test_head_warmup_trains_the_head_alone_before_the_masks_and_the_ramp(tmp_path, tiny_data):
+    exp = tiny_kwyn({"head_warmup": 4}, steps=4, eval_every=4)
+    record = _fit_recording(exp, tiny_data, tmp_path)
+    warm = record[:4]  # steps 1-4
+    assert all(torch.equal(r["logits"], warm[0]["logits"]) for r in warm)  # no mask moved
+    assert not torch.equal(warm[0]["head"], warm[-1]["head"])  # the head did
+    assert not torch.equal(record[-1]["logits"], warm[-1]["logits"])  # the masks learn afterwards
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.phase) == ["head", "masks"]
+    assert history.trim_ratio.iloc[0] == 0 and history.trim_ratio.iloc[1] == pytest.approx(0.5, abs=0.05)
+
+
+def test_refit_freezes_the_masks_and_trains_the_head_on_what_they_keep(tmp_path, tiny_data):
+    exp = tiny_kwyn({"refit": 4}, steps=4, eval_every=4)
+    record = _fit_recording(exp, tiny_data, tmp_path)
+    refit = record[4:]  # steps 5-8
+    assert all(torch.equal(r["logits"], record[3]["logits"]) for r in refit)
+    assert all(r["threshold"] == record[3]["threshold"] for r in refit)  # the kept units are fixed
+    assert not torch.equal(refit[0]["head"], refit[-1]["head"])
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.phase) == ["masks", "refit"]
+    assert history.trim_ratio.iloc[0] == history.trim_ratio.iloc[1] == pytest.approx(0.5, abs=0.05)
+
+
+def test_distillation_pulls_the_masked_embedding_towards_the_full_one(tmp_path, tiny_data):
+    """Same seed, same ratio; the distilled run's kept units reproduce the full encoder's embedding better.
+    (Without the sparsity loss, whose pull on every logit would blur the comparison on so small a model.)"""
+    errors = {}
+    for weight in (0.0, 100.0):
+        exp = tiny_kwyn({"distill": weight}, lambda_=0.0, steps=30, eval_every=10, lr=1e-4)
+        train(exp, tiny_data, tmp_path / str(weight), progress=False)
+        model, masks, best = load_trained(exp, tmp_path / str(weight))
+        valid_set = PreparedDataset(tiny_data, "valid", exp.task)
+        audio = torch.stack([valid_set[i][0] for i in range(len(valid_set))])
+        with torch.no_grad():
+            student = model.features(audio)
+            with masks.disabled():
+                teacher = model.features(audio)
+        errors[weight] = float(distillation_loss(student, teacher))
+        history = pd.read_csv(tmp_path / str(weight) / "history.csv")
+        assert history.distill_loss.notna().all() == (weight > 0)
+    assert errors[100.0] < 0.5 * errors[0.0]
+
+
+def test_unit_costs_are_the_parameters_one_unit_of_each_site_takes_away(tiny_data):
+    learner, _ = _learner(tiny_kwyn(), tiny_data)
+    backbone, masks = learner.model.backbone, learner.modulations
+    costs = unit_costs(backbone.trimmed_param_counter(), masks).split([m.logits.numel() for m in masks.values()])
+    full = {name: torch.arange(mask.logits.numel()) for name, mask in masks.by_site().items()}
+    for (name, mask), cost in zip(masks.by_site().items(), costs):
+        one_short = {**full, name: torch.arange(mask.logits.numel() - 1)}
+        expected = backbone.param_count() - backbone.trimmed_param_count(one_short)
+        assert expected > 0 and (cost == expected).all()
+
+
+def test_importance_logits_rank_units_by_importance_per_parameter():
+    importance = torch.tensor([1.0, 4.0, 4.0, 0.0])
+    costs = torch.tensor([1.0, 1.0, 4.0, 1.0])  # per parameter: 1, 4, 1, 0 (the last: clamped, lowest)
+    logits = importance_logits(importance, costs, mask_init=1.0)
+    assert logits[1] > logits[0] == logits[2] > logits[3]
+    assert logits.mean() == pytest.approx(1.0) and logits.std() == pytest.approx(1.0)
+
+
+def test_gradient_importance_is_the_squared_logit_gradient_summed_over_batches(tiny_data):
+    exp = tiny_kwyn()
+    learner, train_set = _learner(exp, tiny_data)
+    masks = learner.modulations
+    _, ttype = task_type(train_set, exp.name)
+    batches = [ttype.collate(train_set, ids) for ids in ([0, 1, 2], [3, 4, 5])]
+    expected = 0
+    for audio, lengths, targets in batches:
+        grads = torch.autograd.grad(ttype.loss(learner(audio, lengths), targets), masks.logits())
+        expected = expected + torch.cat(grads) ** 2
+    before = torch.cat([m.logits.detach().clone() for m in masks.values()])
+    got = gradient_importance(learner, masks, batches, ttype.loss)
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(before, torch.cat([m.logits.detach() for m in masks.values()]))
+    assert all(m.logits.grad is None for m in masks.values())
+
+
+def test_importance_init_starts_the_masks_from_the_importance_ranking(tmp_path, tiny_data):
+    exp = tiny_kwyn({"head_warmup": 2, "init": "importance", "init_batches": 2}, steps=6, eval_every=4)
+    record = _fit_recording(exp, tiny_data, tmp_path)
+    assert torch.allclose(record[1]["logits"], record[0]["logits"])  # warm-up: logits as constructed
+    moved = record[2]["logits"]  # after the first mask step, which starts from the importance logits
+    assert moved.std() > 0.5  # the constant start (plus ratio control's 1e-3 jitter) has std ~3e-4
+    with pytest.raises(ParamsError, match="only ratio control"):
+        raw = tiny_params()
+        raw["experiments"]["tiny_kwyn"]["recipe"] = {"init": "importance"}
+        validate(raw)
