@@ -47,12 +47,13 @@ NAN = float("nan")
 
 
 def recipe_text(result: dict) -> str:
-    """'warm-up 10% distil 1 re-fit 20% mask lr 0.2' for a kwyn run with a recipe (kwyn.recipe), '' for the
-    paper's loop (a recipe with every option off trains exactly as the paper's loop)."""
+    """'warm-up 100 distil 1 re-fit 100 mask lr 0.2' (steps, weight, steps) for a kwyn run with a recipe
+    (kwyn.recipe), '' for the paper's loop (a recipe with every option off trains exactly as the paper's loop)."""
     recipe = result.get("recipe") or {}
-    parts = [f"warm-up {100 * recipe['head_warmup']:g}%" if recipe.get("head_warmup") else "",
+    parts = [f"warm-up {recipe['head_warmup']}" if recipe.get("head_warmup") else "",
              f"distil {recipe['distill']:g}" if recipe.get("distill") else "",
-             f"re-fit {100 * recipe['refit']:g}%" if recipe.get("refit") else ""]
+             f"re-fit {recipe['refit']}" if recipe.get("refit") else "",
+             "importance init" if recipe.get("init", "constant") != "constant" else ""]
     if any(parts) and result.get("mask_lr") is not None:
         parts.append(f"mask lr {result['mask_lr']:g}")
     return " ".join(p for p in parts if p)
@@ -151,6 +152,8 @@ def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
         out[f"{column}_max"] = grouped[column].max()
         out[f"{column}_std"] = grouped[column].std(ddof=0)
     out["seeds"] = grouped.size()
+    for column in SEED_SPREAD:  # one seed has no spread
+        out.loc[out.seeds < 2, f"{column}_std"] = NAN
     out["experiment"] = grouped.experiment.first()
     out["threads"] = grouped.threads.first()
     out = out.reset_index()

@@ -3,6 +3,7 @@ import io
 import math
 
 import pandas as pd
+import numpy as np
 import pytest
 
 from kwyn import report
@@ -255,3 +256,27 @@ def test_old_results_without_new_keys_and_empty_figures(tmp_path):
     assert (tables["table1"].source == "kwyn").all() and math.isnan(row.base) and row.best_score == 0.9
     for name in ("mask_overlap", "convexity_per_layer", "kept_units_heatmap"):
         assert (tmp_path / "figures" / f"{name}.png").exists()  # a figure saying why it is empty, not a failure
+
+
+def test_seeds_are_averaged_with_their_spread_and_recipes_keep_their_own_rows(tmp_path):
+    recipe = {"head_warmup": 100, "distill": 1.0, "refit": 100, "init": "constant", "init_batches": 16}
+    results = [make_result("net", "notes", "pitch", "base", 0.90, experiment="net_pitch_base", seed=0),
+               make_result("net", "notes", "pitch", "base", 0.94, experiment="net_pitch_base_seed1", seed=1),
+               make_result("net", "notes", "pitch", "kwyn", 0.50, 0.5, target=0.5, experiment="net_pitch_kwyn_50"),
+               *[make_result("net", "notes", "pitch", "kwyn", s, t, target=0.5, latency=lat, seed=k, recipe=recipe,
+                             mask_lr=0.2, experiment="net_pitch_kwyn_converge_50" + (f"_seed{k}" if k else ""))
+                 for k, (s, t, lat) in enumerate([(0.70, 0.50, 40.0), (0.80, 0.52, 50.0), (0.90, 0.51, 60.0)])]]
+    tables = report.write_all(results, tmp_path / "tables", tmp_path / "figures", reference_dir=tmp_path)
+    frame = tables["frame"].set_index("experiment")
+    converge = frame.loc["net_pitch_kwyn_converge_50"]
+    assert converge.seeds == 3 and converge.score == pytest.approx(0.80)
+    assert (converge.score_min, converge.score_max) == (0.70, 0.90)
+    assert converge.score_std == pytest.approx(np.std([0.7, 0.8, 0.9]))
+    assert converge.trim_pct == pytest.approx(51.0) and converge.latency_ms == pytest.approx(50.0)
+    assert converge.base_score == pytest.approx(0.92)  # the base's mean over its seeds
+    assert converge.delta_vs_base == pytest.approx(0.80 - 0.92)
+    assert np.isnan(frame.loc["net_pitch_kwyn_50"].score_std)  # one seed: no spread
+    t1 = tables["table1"].query("source == 'kwyn'").set_index("recipe")
+    assert t1.loc["", "ours_50"] == 0.50  # the paper's loop keeps its row
+    assert t1.loc["warm-up 100 distil 1 re-fit 100 mask lr 0.2", "ours_50"] == pytest.approx(0.80)
+    assert len(tables["results"]) == 6  # the detail table keeps every run
