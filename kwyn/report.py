@@ -147,13 +147,11 @@ def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
                and pd.api.types.is_numeric_dtype(frame[c])]
     grouped = frame.sort_values("seed").groupby(keys, sort=False, dropna=False)
     out = grouped[numeric].mean()
+    out["seeds"] = grouped.size()
     for column in SEED_SPREAD:
         out[f"{column}_min"] = grouped[column].min()
         out[f"{column}_max"] = grouped[column].max()
-        out[f"{column}_std"] = grouped[column].std(ddof=0)
-    out["seeds"] = grouped.size()
-    for column in SEED_SPREAD:  # one seed has no spread
-        out.loc[out.seeds < 2, f"{column}_std"] = NAN
+        out[f"{column}_std"] = grouped[column].std(ddof=0).where(out.seeds > 1)  # one seed has no spread
     out["experiment"] = grouped.experiment.first()
     out["threads"] = grouped.threads.first()
     out = out.reset_index()
@@ -215,7 +213,7 @@ def table1(frame: pd.DataFrame) -> pd.DataFrame:
     """The paper's Table I: one row per (model, dataset, task); scores of each method at 25/50/75 % removed."""
     out = []
     for (model, dataset, task), g in frame.groupby(GROUP, sort=False):
-        recipe = g.recipe if "recipe" in g else pd.Series("", index=g.index)
+        recipe = g.recipe
         by = {m: g[(g.method == m) & (recipe == "")] for m in METHODS}
         head = {"source": "kwyn", "model": model, "dataset": dataset, "task": task, "metric": g.metric.iloc[0],
                 "higher_is_better": bool(g.higher_is_better.iloc[0]),
@@ -293,7 +291,7 @@ def table2(frame: pd.DataFrame) -> pd.DataFrame:
         out.append({"source": "kwyn", "model": model, "variant": "base", "method": "base", "size_mb": full.full_size_mb,
                     "gflops": full.full_gflops, "gmacs": full.full_gmacs, "latency_ms": full.full_latency_ms,
                     "speedup": 1.0})
-        recipes = m.recipe if "recipe" in m else pd.Series("", index=m.index)
+        recipes = m.recipe
         variants = [(method, recipe) for method in TRIMMED_METHODS
                     for recipe in dict.fromkeys(recipes[m.method == method])]
         for method, recipe in variants:
@@ -435,7 +433,7 @@ def plot_metric_vs_trimming(frame: pd.DataFrame, path: Path) -> None:
     groups = list(frame.groupby(GROUP, sort=False))
     fig, axes = _axes(len(groups))
     for ax, ((model, dataset, task), g) in zip(axes, groups):
-        recipes = g.recipe if "recipe" in g else pd.Series("", index=g.index)
+        recipes = g.recipe
         for method in ("kwyn", "scratch", "lottery", "convexity"):
             for recipe in dict.fromkeys(recipes[g.method == method]):
                 rows = g[(g.method == method) & (recipes == recipe)]
@@ -491,14 +489,14 @@ def closest_to(frame: pd.DataFrame, pct: float = 50.0) -> pd.DataFrame:
     model's tasks share a recipe, only its runs are candidates (the same training on every task, so that masks
     compare), the recipe ahead of the paper's loop."""
     kwyn = frame[frame.method == "kwyn"]
-    if "recipe" in kwyn:
-        def shared_recipe(g: pd.DataFrame) -> str:
-            per_task = [set(t.recipe) for _, t in g.groupby(["dataset", "task"])]
-            shared = set.intersection(*per_task) if per_task else set()
-            return max(shared, key=lambda r: (r != "", r)) if shared else None
 
-        chosen = {model: shared_recipe(g) for model, g in kwyn.groupby("model")}
-        kwyn = kwyn[np.array([chosen[m] is None or r == chosen[m] for m, r in zip(kwyn.model, kwyn.recipe)], bool)]
+    def shared_recipe(g: pd.DataFrame) -> str | None:
+        per_task = [set(t.recipe) for _, t in g.groupby(["dataset", "task"])]
+        shared = set.intersection(*per_task)
+        return max(shared, key=lambda r: (r != "", r)) if shared else None
+
+    chosen = {model: shared_recipe(g) for model, g in kwyn.groupby("model")}
+    kwyn = kwyn[np.array([chosen[m] is None or r == chosen[m] for m, r in zip(kwyn.model, kwyn.recipe)], bool)]
     return kwyn.loc[(kwyn.trim_pct - pct).abs().groupby([kwyn[c] for c in GROUP], sort=False).idxmin()]
 
 
