@@ -167,13 +167,14 @@ def setting_text(row: dict) -> str:
 
 def ablation_table(rows: list[dict]) -> str:
     """A markdown table: one row per (experiment, recipe, steps), seeds averaged; validation first (what recipes
-    are chosen on), test beside it."""
+    are chosen on: val_selected on the run's validation examples, valid on the whole split), test beside it."""
     import pandas as pd
 
     frame = pd.DataFrame(rows)
     frame["setting"] = [setting_text(row) for row in rows]
     table = frame.groupby(["experiment", "setting", "steps"], sort=False).agg(
         seeds=("seed", "count"), ratio=("trim_ratio", "mean"), val_selected=("val_selected", "mean"),
+        valid=("valid", "mean"),
         val_min_after_ramp=("val_min_after_ramp", "mean"), test=("test", "mean"), test_min=("test", "min"),
         test_max=("test", "max"), train_s=("train_seconds", "median")).reset_index()
     return table.to_markdown(index=False, floatfmt=".3f")

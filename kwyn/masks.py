@@ -127,7 +127,7 @@ class RatioControl:
     """Lands the masks on a requested trimming ratio by moving the rounding threshold.
 
     The paper's rounding keeps a unit when sigmoid(m) > 0.5; how many units that leaves depends
-    on t and lambda in ways that have to be searched for (DESIGN-NOTES section 1). Here the
+    on t and lambda in ways that have to be searched for (docs/design-notes.md, "Method"). Here the
     threshold tau is instead set, every `every` steps, so that keeping the units with logit > tau
     removes `target` of the encoder's parameters, counted exactly (Backbone.trimmed_param_counter):
     the units are ranked by logit over all sites and the cut is found by bisection. The target

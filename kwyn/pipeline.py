@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kwyn import evaluate as _evaluate
-from kwyn import train as _train
+# each stage imports what it runs inside its function, so that a stage loads only the modules its dvc.yaml
+# stage lists as deps (tests/test_pipeline.py checks it)
 from kwyn.params import ResolvedExperiment, experiment, experiment_names, load_params, project_root  # noqa: F401
 
 
@@ -98,16 +98,22 @@ def prepare(dataset: str) -> dict:
 
 
 def train(name: str, **kwargs) -> dict:
+    from kwyn import train as _train
+
     exp = experiment(name)
     source = model_dir(exp.source) if exp.method == "scratch" else None
     return _train.train(exp, data_dir(exp.dataset) / "prepared", run_dir(name), source_model_dir=source, **kwargs)
 
 
 def trim(name: str) -> dict:
+    from kwyn import evaluate as _evaluate
+
     return _evaluate.trim_run(experiment(name), run_dir(name), model_dir(name))
 
 
 def evaluate(name: str, progress: bool = True) -> dict:
+    from kwyn import evaluate as _evaluate
+
     exp = experiment(name)
     result = _evaluate.evaluate_run(exp, data_dir(exp.dataset) / "prepared", run_dir(name), model_dir(name),
                                     progress=progress)

@@ -7,7 +7,7 @@ chases a moving encoder, so validation collapses at the end of the ramp and reco
 An experiment's `recipe` block (kwyn.params.Recipe) adds three remedies, each off by default:
 
   head_warmup  the head alone learns first, for this many steps before train.steps, on the full encoder's
-               embeddings (from the teacher cache: a forward of each clip once, then nothing);
+               embeddings (from the teacher cache: one batched pass over the clips the run draws, then lookups);
   distill      while the masks learn, the masked encoder's embedding is pulled towards the full one
                (relative squared error), a dense signal on which units matter;
   refit        the masks freeze after train.steps and the head alone re-fits, for this many steps, to
@@ -21,15 +21,12 @@ from dataclasses import dataclass
 
 import torch
 
-PHASES = ("head", "masks", "refit")
-
-
 @dataclass(frozen=True)
 class Schedule:
     """Steps [0, mask_start) warm up the head, [mask_start, refit_start) train masks and head, the rest re-fit.
 
     train.steps are the mask-training steps, the expensive ones; the recipe's warm-up comes before them (its
-    steps cost a forward of each new clip, then nothing) and its re-fit after them (encoder forward only).
+    steps cost one batched pass over the clips they draw, then lookups) and its re-fit after them (encoder forward only).
 
         schedule = Schedule.of(steps=200, recipe=Recipe(head_warmup=100, refit=50))
         schedule.phase(0), schedule.phase(100), schedule.phase(300)   # 'head', 'masks', 'refit'
@@ -57,38 +54,56 @@ class Schedule:
 
 
 class TeacherCache:
-    """The frozen full encoder's embedding of each training clip, computed when the clip is first drawn.
+    """The frozen full encoder's embeddings of the training clips a run will draw, computed once, on first use.
 
     The teacher is the student's own encoder with its masks switched off (MaskSet.disabled), so it
-    costs no second copy of the weights. Each clip is embedded alone (batch 1): its value does not
-    depend on which clips it was drawn with, so a resumed run, which starts with an empty cache,
-    recomputes exactly the values the uninterrupted run had.
+    costs no second copy of the weights. `clips` (default: every clip of the dataset) are embedded in
+    fixed chunks of `batch_size`, in index order, so the values depend on nothing a run does: a resumed
+    run, which starts with an empty cache, recomputes exactly the values the uninterrupted run had.
+    After that one batched pass a target costs a lookup.
 
-        teacher = TeacherCache(model, masks, train_set)
+        teacher = TeacherCache(model, masks, train_set, clips=[3, 17])
         targets = teacher([3, 17, 3])   # (3, D): the unmasked encoder's embeddings of clips 3, 17, 3
-        len(teacher)                    # 2 clips embedded so far
+        len(teacher)                    # 2 clips embedded, at the first call
     """
 
-    def __init__(self, model, masks, dataset):
-        if not hasattr(model, "features") or type(model).__name__ == "AsrModel":
+    def __init__(self, model, masks, dataset, clips=None, batch_size: int = 32, progress: bool = False):
+        from kwyn.model import AsrModel
+
+        if not hasattr(model, "features") or isinstance(model, AsrModel):
             raise ValueError("recipe head_warmup and distill need a pooled task (classification or tagging): "
                              "the distillation target is the time-averaged embedding")
         self.model, self.masks, self.dataset = model, masks, dataset
-        self.cache: dict[int, torch.Tensor] = {}
+        self.clips = sorted(set(range(len(dataset)) if clips is None else clips))
+        self.batch_size, self.progress = batch_size, progress
+        self.table: torch.Tensor | None = None
+        self.row = torch.full((len(dataset),), -1, dtype=torch.long)
+        self.row[self.clips] = torch.arange(len(self.clips))
 
     def __len__(self) -> int:
-        return len(self.cache)
+        return 0 if self.table is None else len(self.table)
 
     @torch.no_grad()
-    def __call__(self, indices: list[int]) -> torch.Tensor:
+    def _embed(self) -> torch.Tensor:
+        from tqdm import tqdm
+
         device = next(self.model.head.parameters()).device
-        missing = [i for i in dict.fromkeys(indices) if i not in self.cache]
-        if missing:
-            with self.masks.disabled():
-                for i in missing:
-                    audio = self.dataset[i][0][None].to(device)
-                    self.cache[i] = self.model.features(audio)[0].float().cpu()
-        return torch.stack([self.cache[i] for i in indices]).to(device)
+        chunks = [self.clips[i:i + self.batch_size] for i in range(0, len(self.clips), self.batch_size)]
+        rows = []
+        with self.masks.disabled():
+            for chunk in tqdm(chunks, desc="teacher", leave=False, disable=not self.progress):
+                audio = torch.stack([self.dataset[i][0] for i in chunk]).to(device)
+                rows.append(self.model.features(audio).float().cpu())
+        return torch.cat(rows)
+
+    def __call__(self, indices: list[int]) -> torch.Tensor:
+        rows = self.row[torch.as_tensor(indices, dtype=torch.long)]
+        if (rows < 0).any():
+            raise KeyError(f"clips {sorted({i for i, r in zip(indices, rows.tolist()) if r < 0})[:5]} are not in "
+                           "the teacher cache: pass every clip the run draws as `clips`")
+        if self.table is None:
+            self.table = self._embed()
+        return self.table[rows].to(next(self.model.head.parameters()).device)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

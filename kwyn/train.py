@@ -125,14 +125,12 @@ class Learner(nn.Module):
                 modulation.attach(model.backbone)
         model.backbone.requires_grad_(train_encoder)
 
-    def forward(self, audio, lengths=None, *, features=None, encoder_grad: bool = True,
-                return_features: bool = False):
-        """The task model's outputs. features: given embeddings instead of the encoder's (head warm-up);
-        encoder_grad=False runs the encoder without building its graph (re-fit); return_features: also
-        the encoder's output (distillation). Inside forward, so that DDP sees every phase."""
+    def forward(self, audio, lengths=None, *, features=None, return_features: bool = False):
+        """The task model's outputs. features: given embeddings instead of the encoder's (head warm-up,
+        re-fit); return_features: also the encoder's output (distillation). Inside forward, so that DDP
+        sees every phase."""
         if features is None:
-            with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
-                features = self.model.features(audio, lengths)
+            features = self.model.features(audio, lengths)
         outputs = self.model.apply_head(features)
         return (outputs, features) if return_features else outputs
 
@@ -146,7 +144,7 @@ class Learner(nn.Module):
         groups = [{"params": list(self.model.head.parameters()), "lr": cfg.lr, "name": "head"}]
         if isinstance(self.modulations, MaskSet):
             # mask logits need a larger step than the head: at lr 1e-3 a logit starting at 1.0 takes
-            # about 1,000 Adam steps to cross the rounding threshold (DESIGN-NOTES section 1)
+            # about 1,000 Adam steps to cross the rounding threshold (docs/design-notes.md, "Method")
             groups.append({"params": list(self.modulations.parameters()), "lr": cfg.mask_lr, "name": "masks"})
         elif self.modulations is not None and any(p.requires_grad for p in self.modulations.parameters()):
             groups.append({"params": list(self.modulations.parameters()), "lr": cfg.lr, "name": "ssf"})
@@ -200,19 +198,25 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
     # a recipe's head warm-up and re-fit steps give the masks no gradient, which DDP must be told
     wrapped = distributed.wrap(learner, runtime, **({"find_unused_parameters": True} if recipe else {}))
     optimizer = torch.optim.Adam(learner.param_groups(cfg))
+    control = None
+    if masks is not None and exp.sparsity.ratio is not None:
+        control = RatioControl(model.backbone, masks, exp.sparsity.ratio, schedule.mask_steps,
+                               exp.sparsity.ratio_ramp, seed=cfg.seed, start=schedule.mask_start)
     warmup_steps = math.ceil(cfg.warmup * steps) if learner.train_encoder else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [(lambda s: min(1.0, (s + 1) / warmup_steps)) if g["name"] == "encoder" and warmup_steps
                     else (lambda s: 1.0) for g in optimizer.param_groups])
     scaler = distributed.grad_scaler(runtime)
-    control = None
-    if masks is not None and exp.sparsity.ratio is not None:
-        control = RatioControl(model.backbone, masks, exp.sparsity.ratio, schedule.mask_steps,
-                               exp.sparsity.ratio_ramp, seed=cfg.seed, start=schedule.mask_start)
-    teacher = TeacherCache(model, masks, train_set) if recipe and (recipe.head_warmup or recipe.distill) else None
     sampler = torch.Generator().manual_seed(cfg.seed)  # same on every rank: each takes its shard of one batch
-    val_indices = torch.randperm(len(valid_set), generator=torch.Generator().manual_seed(cfg.seed + 1))
-    val_indices = val_indices[:cfg.val_examples].tolist()
+    teacher = None
+    if recipe and (recipe.head_warmup or recipe.distill):
+        # the clips the warm-up (and distillation) steps will draw: the sampler's first draws, replayed
+        ahead = torch.Generator().manual_seed(cfg.seed)
+        upto = schedule.refit_start if recipe.distill else schedule.mask_start
+        clips = {i for _ in range(upto) for i in _draw(ahead, len(train_set), cfg.batch_size)}
+        teacher = TeacherCache(model, masks, train_set, clips, progress=progress and runtime.is_main)
+    refit_model = None  # the re-fit's encoder: a physically trimmed copy, built when the re-fit starts
+    val_indices = validation_indices(cfg, len(valid_set))
     key = fingerprint(exp, extra)
 
     state = {"step": 0, "best": None, "history": [], "seconds": 0.0}
@@ -251,10 +255,15 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
     for step in bar:
         phase = schedule.phase(step)
         if step == schedule.mask_start and recipe is not None and recipe.init == "importance":
-            _importance_init(exp, learner, masks, train_set, ttype, runtime)
+            count = control.count if control is not None else model.backbone.trimmed_param_counter()
+            _importance_init(exp, learner, masks, train_set, ttype, runtime, count)
         if control is not None and phase == "masks":
             control.update(step)
-        batch = torch.randint(len(train_set), (cfg.batch_size,), generator=sampler).tolist()
+        if phase == "refit" and refit_model is None:
+            if control is not None:  # the masks freeze at the target, wherever the last update left them
+                control.update(schedule.refit_start, force=True)
+            refit_model = _trimmed_twin(exp, model, masks, architecture, runtime)
+        batch = _draw(sampler, len(train_set), cfg.batch_size)
         shard = distributed.shard(batch, runtime)
         audio, lengths, targets = ttype.collate(train_set, shard)
         audio, targets = audio.to(runtime.device), _to(targets, runtime.device)
@@ -263,7 +272,9 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
             if phase == "head":
                 outputs = wrapped(audio, lengths, features=teacher(shard))
             elif phase == "refit":
-                outputs = wrapped(audio, lengths, encoder_grad=False)
+                with torch.no_grad():
+                    features = refit_model.features(audio, lengths)
+                outputs = wrapped(audio, lengths, features=features)
             elif recipe is not None and recipe.distill:
                 outputs, features = wrapped(audio, lengths, return_features=True)
                 d_loss = distillation_loss(features, teacher(shard))
@@ -285,12 +296,13 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
         if snapshot_at is not None and done == snapshot_at and runtime.is_main:
             _save(snapshot(), run_dir / "rewind.pt")
 
-        if done % cfg.eval_every == 0 or done == steps:
-            if control is not None:
+        # no validation in a head warm-up: selection never looks there, and the masks have not moved
+        if (done % cfg.eval_every == 0 or done == steps) and phase != "head":
+            if control is not None and phase == "masks":
                 control.update(done, force=True)
             learner.eval()
             with distributed.autocast(runtime):
-                outputs = predict(model, valid_set, 32, val_indices)
+                outputs = predict(refit_model or model, valid_set, 32, val_indices)
             metrics = ttype.score(outputs, valid_set, val_indices)
             learner.train()
             has_masks = hasattr(learner.modulations, "kept_units")
@@ -327,7 +339,25 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
     return summary
 
 
-def _importance_init(exp, learner: Learner, masks: MaskSet, train_set, ttype, runtime) -> None:
+def validation_indices(cfg, n: int) -> list[int]:
+    """The validation clips every validation of a run scores: train.val_examples of the n, drawn once by seed."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[:cfg.val_examples].tolist()
+
+
+def _draw(sampler: torch.Generator, n: int, batch_size: int) -> list[int]:
+    """The clip indices of one training batch (drawn with replacement)."""
+    return torch.randint(n, (batch_size,), generator=sampler).tolist()
+
+
+def _trimmed_twin(exp, model: TaskModel, masks: MaskSet, architecture: dict, runtime) -> TaskModel:
+    """The model with the units the (frozen) masks drop physically removed, sharing `model`'s head: what a
+    re-fit and its validations run, at the trimmed model's cost (tests/trimming.py: same outputs)."""
+    kept = {name: units.tolist() for name, units in masks.kept_units().items()}
+    encoder = build_encoder(exp, {**architecture, "kept_units": kept}).to(runtime.device)
+    return type(model)(encoder, model.head)  # the head keeps the mode the loop gives it; the encoder is in eval
+
+
+def _importance_init(exp, learner: Learner, masks: MaskSet, train_set, ttype, runtime, count) -> None:
     """The recipe's `init: importance`: mask logits from each unit's gradient importance per parameter
     (kwyn.recipe.importance_logits), on batches of their own so that the training batches stay as they were."""
     drawn = torch.Generator().manual_seed(exp.train.seed + 3)
@@ -341,7 +371,7 @@ def _importance_init(exp, learner: Learner, masks: MaskSet, train_set, ttype, ru
         importance = importance.to(runtime.device)
         torch.distributed.all_reduce(importance)
         importance = importance.cpu()
-    logits = importance_logits(importance, unit_costs(learner.model.backbone.trimmed_param_counter(), masks),
+    logits = importance_logits(importance, unit_costs(count, masks),
                                exp.train.mask_init)
     with torch.no_grad():
         for mask, part in zip(masks.values(), logits.split([m.logits.numel() for m in masks.values()])):

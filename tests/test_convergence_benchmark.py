@@ -26,5 +26,6 @@ def test_report_averages_seeds_and_names_what_each_row_changed(tmp_path):
     converge_line = next(line for line in table if "distill=1.0" in line)
     cells = [c.strip() for c in converge_line.strip("|").split("|")]
     assert cells[1] == "head_warmup=100 distill=1.0 refit=100 mask_lr=0.2"  # only what differs from the paper's loop
-    assert cells[3] == "2" and cells[7] == "0.800"  # two seeds, mean test (0.7 + 0.9) / 2
+    assert cells[3] == "2" and cells[8] == "0.800"  # two seeds, mean test (0.7 + 0.9) / 2
+    assert cells[6] == "0.850"  # their mean score on the whole validation split
     assert sum("paper's loop" in line for line in table) == 2  # one row per budget

@@ -8,7 +8,7 @@ import soundfile as sf
 
 from kwyn.audio import BadAudioError, read_audio
 from kwyn.data.nsynth import NSYNTH_FAMILIES, Example, read_nsynth_split
-from kwyn.data.prepare import PreparedDataset, prepare_nsynth_like, prepare_split, write_meta
+from kwyn.data.prepare import PreparedDataset, portable_path, prepare_nsynth_like, prepare_split, write_meta
 from kwyn.data.soundfont import GM_FAMILY, render_nsynth_like
 
 SMALL = dict(seed=3, families=["flute", "brass", "vocal"], pitches=(60, 63), split_per_family=(2, 1, 1))
@@ -201,3 +201,20 @@ def test_parallel_decoding_keeps_order(raw, tmp_path):
                       label_fields=FAMILY_TASK, workers=workers)
     for name in ("train.npy", "train.csv"):
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()
+
+
+def test_prepared_files_do_not_depend_on_where_the_project_lives(tmp_path):
+    """Two clones in different folders prepare byte-identical files (DVC hashes them): paths are project-relative,
+    and a file outside the project keeps its absolute path."""
+    outputs = []
+    for clone in ("a", "deeper/b"):
+        project = tmp_path / clone
+        project.mkdir(parents=True)
+        (project / "params.yaml").write_text("{}\n")
+        (project / "dvc.yaml").write_text("stages: {}\n")
+        render_nsynth_like(project / "data" / "notes" / "raw", **SMALL)
+        prepare_nsynth_like(project / "data" / "notes" / "raw", project / "data" / "notes" / "prepared")
+        outputs.append({f.name: f.read_bytes() for f in sorted((project / "data" / "notes" / "prepared").iterdir())})
+    assert outputs[0] == outputs[1] and b"data/notes/raw/nsynth-train/audio/" in outputs[0]["train.csv"]
+    outside = tmp_path / "elsewhere.wav"
+    assert portable_path(outside, tmp_path / "a" / "data" / "notes" / "prepared") == str(outside.resolve())

@@ -1,4 +1,5 @@
 """The environment is pinned once: environment.yml lists exactly the pins of requirements*.txt."""
+import re
 from pathlib import Path
 
 import yaml
@@ -41,3 +42,16 @@ def test_papermill_starts_without_building_iri_grammars():
     loaded = subprocess.run([sys.executable, "-c", "import sys, papermill; print('rfc3987_syntax' in sys.modules)"],
                             capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "False"
+
+
+def test_what_the_project_cites_is_inside_it():
+    """A clone has no ../shared: comments, docs and params cite docs/design-notes.md, which it has."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    outside = re.compile(r"DESIGN-NOTES|\.\./shared|shared/(papers|reference)")
+    citing = [p for p in tracked if p.endswith((".py", ".md", ".yaml", ".ipynb", ".toml", ".txt", ".sh"))
+              and p != Path(__file__).relative_to(ROOT).as_posix()
+              and outside.search((ROOT / p).read_text(errors="ignore"))]
+    assert not citing, f"these files cite material outside the repository: {citing}"
+    assert (ROOT / "docs" / "design-notes.md").exists()

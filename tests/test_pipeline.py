@@ -129,3 +129,43 @@ def test_notebooks_run_top_to_bottom_as_they_are(repo):
         assert not any(o.get("output_type") == "error" for c in book.cells for o in c.get("outputs", []))
     evaluated = json.loads((repo / "metrics" / "tiny_kwyn.json").read_text())
     assert evaluated["experiment"] == "tiny_kwyn"
+
+
+def _kwyn_files_loaded(repo: Path, notebook: str, parameter: str | None, value: str | None) -> set[str]:
+    """The kwyn source files loaded when `notebook`'s code runs (its parameters cell set to `value`), relative to
+    the project: run in a fresh interpreter, as papermill runs it (--cwd notebooks)."""
+    book = nbformat.read(repo / notebook, as_version=4)
+    cells = [c.source for c in book.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+    script = "\n".join([f"{parameter} = {value!r}" if parameter else "", "import matplotlib; matplotlib.use('Agg')",
+                        "from IPython.display import display",  # a builtin in a kernel
+                        *cells, "import json, sys, pathlib, kwyn",
+                        "home = pathlib.Path(kwyn.__file__).resolve().parents[1]",  # where the package is installed from
+                        "print('\\nLOADED', json.dumps([pathlib.Path(m.__file__).resolve().relative_to(home).as_posix()"
+                        " for n, m in sys.modules.items() if (n == 'kwyn' or n.startswith('kwyn.'))"
+                        " and getattr(m, '__file__', None)]))"])
+    out = run([sys.executable, "-c", script], repo / "notebooks").stdout
+    return set(json.loads(out.rsplit("LOADED ", 1)[1]))
+
+
+@pytest.mark.slow
+def test_every_stage_lists_as_deps_the_kwyn_modules_its_notebook_runs(repo, tmp_path):
+    """A change to any module a stage runs makes DVC rerun the stage: nothing stale is left behind unreported."""
+    import re
+
+    repo = Path(shutil.copytree(repo, tmp_path / "repo", symlinks=True))  # the stages rerun here, not in `repo`
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    params = read_yaml(repo / "params.yaml")
+    missing = {}
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        notebook = re.search(r"(notebooks/\S+\.ipynb)", body["cmd"]).group(1)
+        parameter = re.search(r"-p (\w+) \$\{key\}", body["cmd"])
+        section = stage.get("foreach", "").strip("${}")
+        keys = list(params.get(section) or {}) if parameter else [None]
+        deps = [d for d in body["deps"] if "${" not in d]
+        for key in keys:
+            loaded = _kwyn_files_loaded(repo, notebook, parameter and parameter.group(1), key)
+            uncovered = sorted(f for f in loaded if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+            if uncovered:
+                missing[f"{name}@{key}" if key else name] = uncovered
+    assert not missing, f"dvc.yaml stages run kwyn modules they do not list as deps: {missing}"

@@ -8,16 +8,17 @@ from kwyn import distributed
 from kwyn.data.prepare import PreparedDataset
 from kwyn.masks import MaskSet
 from kwyn.metrics import task_type
-from kwyn.model import task_model
+from kwyn.model import predict, task_model
 from kwyn.params import ParamsError, Recipe, experiment, validate
 from kwyn.recipe import (Schedule, TeacherCache, distillation_loss, gradient_importance, importance_logits,
                          unit_costs)
-from kwyn.train import Learner, fit, frozen_backbone, load_trained, train
+from kwyn.train import Learner, _trimmed_twin, fit, frozen_backbone, load_trained, train, validation_indices
 
 
-def tiny_kwyn(recipe=None, ratio=0.5, lambda_=1.0, **train_overrides):
+def tiny_kwyn(recipe=None, ratio=0.5, lambda_=1.0, ramp=0.5, **train_overrides):
     raw = tiny_params(**train_overrides)
-    raw["experiments"]["tiny_kwyn"]["sparsity"] = {"loss": "paper", "t": 0.5, "lambda": lambda_, "ratio": ratio}
+    raw["experiments"]["tiny_kwyn"]["sparsity"] = {"loss": "paper", "t": 0.5, "lambda": lambda_, "ratio": ratio,
+                                                   "ratio_ramp": ramp}
     if recipe is not None:
         raw["experiments"]["tiny_kwyn"]["recipe"] = recipe
     return experiment("tiny_kwyn", validate(raw))
@@ -65,11 +66,14 @@ def test_cached_teacher_targets_equal_recomputed_ones(tiny_data):
     with torch.no_grad():
         for mask in masks.values():  # a student that differs from the teacher: half of every site off
             mask.logits[: mask.logits.numel() // 2] = -1.0
-    teacher = TeacherCache(learner.model, masks, train_set)
+    teacher = TeacherCache(learner.model, masks, train_set, batch_size=3)  # chunks that split the set unevenly
+    assert len(teacher) == 0  # nothing is embedded before the first call
     first = teacher([2, 0, 2])
-    assert len(teacher) == 2 and torch.equal(first[0], first[2])
+    assert len(teacher) == len(train_set) and torch.equal(first[0], first[2])
     again = teacher([0, 2])
     assert torch.equal(again, first[[1, 0]])  # served from the cache
+    resumed = TeacherCache(learner.model, masks, train_set, batch_size=3)([0, 2])
+    assert torch.equal(resumed, again)  # a fresh cache (a resumed run) recomputes the very same values
     full = frozen_backbone(exp)  # a fresh encoder with no mask attached
     with torch.no_grad():
         recomputed = full.embed(torch.stack([train_set[i][0] for i in (2, 0)]))
@@ -91,11 +95,15 @@ def test_a_recipe_with_every_option_off_leaves_the_run_identical(tmp_path, tiny_
         assert torch.equal(a["modulations"][key], b["modulations"][key])
 
 
+class Record(list):
+    learner: Learner
+
+
 def _fit_recording(exp, data, run_dir):
     """fit() on a fresh learner, recording the mask logits, thresholds and head weights after every step."""
     learner, train_set = _learner(exp, data)
     valid_set = PreparedDataset(data, "valid", exp.task)
-    record = []
+    record = Record()
 
     def on_step(step):
         record.append({"logits": torch.cat([m.logits.detach().clone() for m in learner.modulations.values()]),
@@ -104,6 +112,7 @@ def _fit_recording(exp, data, run_dir):
 
     fit(exp, learner, train_set, valid_set, run_dir, architecture={"init": "pretrained"}, modulation_kind="masks",
         steps=exp.train.steps, runtime=distributed.setup("cpu", "fp32"), progress=False, on_step=on_step)
+    record.learner = learner  # its final state: the last validation's
     return record
 
 
@@ -115,20 +124,32 @@ def test_head_warmup_trains_the_head_alone_before_the_masks_and_the_ramp(tmp_pat
     assert not torch.equal(warm[0]["head"], warm[-1]["head"])  # the head did
     assert not torch.equal(record[-1]["logits"], warm[-1]["logits"])  # the masks learn afterwards
     history = pd.read_csv(tmp_path / "history.csv")
-    assert list(history.phase) == ["head", "masks"]
-    assert history.trim_ratio.iloc[0] == 0 and history.trim_ratio.iloc[1] == pytest.approx(0.5, abs=0.05)
+    assert list(history.step) == [8] and list(history.phase) == ["masks"]  # no validation during the warm-up
+    assert history.trim_ratio.iloc[0] == pytest.approx(0.5, abs=0.05)
 
 
 def test_refit_freezes_the_masks_and_trains_the_head_on_what_they_keep(tmp_path, tiny_data):
-    exp = tiny_kwyn({"refit": 4}, steps=4, eval_every=4)
+    # the ramp spans every mask step, and the last validation before the re-fit comes before its end
+    exp = tiny_kwyn({"refit": 4}, ramp=1.0, steps=4, eval_every=3)
     record = _fit_recording(exp, tiny_data, tmp_path)
     refit = record[4:]  # steps 5-8
     assert all(torch.equal(r["logits"], record[3]["logits"]) for r in refit)
-    assert all(r["threshold"] == record[3]["threshold"] for r in refit)  # the kept units are fixed
+    assert all(r["threshold"] == refit[0]["threshold"] for r in refit)  # the kept units are fixed
     assert not torch.equal(refit[0]["head"], refit[-1]["head"])
     history = pd.read_csv(tmp_path / "history.csv")
-    assert list(history.phase) == ["masks", "refit"]
-    assert history.trim_ratio.iloc[0] == history.trim_ratio.iloc[1] == pytest.approx(0.5, abs=0.05)
+    assert list(history.phase) == ["masks", "refit", "refit"]
+    assert history.trim_ratio.iloc[1] == history.trim_ratio.iloc[2] == pytest.approx(0.5, abs=0.05)
+    # the re-fit trains and validates a physically trimmed copy of the encoder; the masked model scores the same
+    valid_set = PreparedDataset(tiny_data, "valid", exp.task)
+    _, ttype = task_type(valid_set, exp.name)
+    indices = validation_indices(exp.train, len(valid_set))
+    masked = record.learner.eval().model
+    rescored = ttype.score(predict(masked, valid_set, 32, indices), valid_set, indices)[ttype.primary]
+    assert rescored == pytest.approx(history.val_metric.iloc[-1])
+    with torch.no_grad():  # and its embeddings are those of the masks' units, at the ratio they reached
+        audio = torch.stack([valid_set[i][0] for i in indices])
+        twin = _trimmed_twin(exp, masked, record.learner.modulations, {"init": "pretrained"}, distributed.setup("cpu", "fp32"))
+        torch.testing.assert_close(twin.features(audio), masked.features(audio), rtol=1e-4, atol=1e-5)
 
 
 def test_distillation_pulls_the_masked_embedding_towards_the_full_one(tmp_path, tiny_data):
@@ -197,3 +218,4 @@ def test_importance_init_starts_the_masks_from_the_importance_ranking(tmp_path, 
         raw = tiny_params()
         raw["experiments"]["tiny_kwyn"]["recipe"] = {"init": "importance"}
         validate(raw)
+

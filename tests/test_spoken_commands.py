@@ -203,6 +203,8 @@ def test_prepared_speaker_labels_are_the_rendering_voices(tmp_path, monkeypatch)
         assert dataset.classes == sorted(voice_id(v) for v in rendered_voices[split])
         with open(prepared / f"{split}.csv", newline="") as f:
             paths = [Path(row["path"]) for row in csv.DictReader(f)]
+        assert not any(p.is_absolute() for p in paths)  # relative to the project root: the same in every clone
+        paths = [tmp_path / p for p in paths]
         assert len(paths) == len(dataset) and {p.parent.parent for p in paths} == {raw_root}
         for i, path in enumerate(paths):
             audio, label = dataset[i]

@@ -1,7 +1,8 @@
 """Prepare a split once: decode, resample, crop to a fixed clip, store as one float32 array.
 
 out_dir/<split>.npy  float32 [N, T], memory-mappable, so training never decodes audio again
-out_dir/<split>.csv  id, path, then one column per task: an index into meta.json's labels
+out_dir/<split>.csv  id, path (relative to the project root when inside it: kwyn.data.prepare.portable_path),
+                     then one column per task: an index into meta.json's labels
                      (+ a "length" column, valid samples before padding, when keep_lengths=True)
 out_dir/meta.json    sample_rate, clip_seconds, num_samples, tasks {task: [label names]}
                      (+ task_kinds {task: kind} for tasks that are not single-label)
@@ -53,6 +54,19 @@ def _encode_label(kind: str, value, index: dict):
             return None
         return ";".join(str(i) for i in sorted({index[v] for v in value}))
     return value if isinstance(value, str) and all(c in index for c in value) else None
+
+
+def portable_path(path, out_dir) -> str:
+    """`path` as the prepared CSV records it: relative to the project root (the folder above out_dir holding
+    params.yaml and dvc.yaml) when it lies inside, so that every clone writes byte-identical files for
+    identical audio and DVC's hashes do not depend on where the clone lives; absolute otherwise."""
+    from kwyn.params import project_root
+
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(project_root(out_dir)).as_posix()
+    except (FileNotFoundError, ValueError):  # no project above out_dir, or a file outside it
+        return str(path)
 
 
 def prepare_split(examples: list[Example], out_dir, split: str, *, sample_rate: int, clip_seconds: float,
@@ -118,7 +132,7 @@ def prepare_split(examples: list[Example], out_dir, split: str, *, sample_rate: 
                     if np.abs(clip).max(initial=0.0) < SILENCE_PEAK:
                         silent.append(str(ex.path))
                     full[len(rows)] = clip
-                    rows.append([ex.id, str(ex.path), *label_ids] + ([min(available, length)] if keep_lengths else []))
+                    rows.append([ex.id, portable_path(ex.path, out_dir), *label_ids] + ([min(available, length)] if keep_lengths else []))
         if not rows:
             example = next(iter(skip_reasons.items()), None) or (too_long[0], "longer than the clip")
             raise ValueError(f"split {split!r}: all {len(examples)} examples were skipped (e.g. {example})")
