@@ -255,8 +255,7 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
     for step in bar:
         phase = schedule.phase(step)
         if step == schedule.mask_start and recipe is not None and recipe.init == "importance":
-            count = control.count if control is not None else model.backbone.trimmed_param_counter()
-            _importance_init(exp, learner, masks, train_set, ttype, runtime, count)
+            _importance_init(exp, learner, masks, train_set, ttype, runtime, control.count)  # needs sparsity.ratio
         if control is not None and phase == "masks":
             control.update(step)
         if phase == "refit" and refit_model is None:
@@ -363,8 +362,8 @@ def _importance_init(exp, learner: Learner, masks: MaskSet, train_set, ttype, ru
     drawn = torch.Generator().manual_seed(exp.train.seed + 3)
     batches = []
     for _ in range(exp.recipe.init_batches):
-        indices = torch.randint(len(train_set), (exp.train.batch_size,), generator=drawn).tolist()
-        audio, lengths, targets = ttype.collate(train_set, distributed.shard(indices, runtime))
+        audio, lengths, targets = ttype.collate(train_set, distributed.shard(_draw(drawn, len(train_set),
+                                                                                 exp.train.batch_size), runtime))
         batches.append((audio.to(runtime.device), lengths, _to(targets, runtime.device)))
     importance = gradient_importance(learner, masks, batches, ttype.loss)
     if runtime.distributed:  # each rank saw its shard of every batch: every rank must start from the same logits
