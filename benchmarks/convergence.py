@@ -31,7 +31,8 @@ from kwyn.data.prepare import PreparedDataset  # noqa: E402
 from kwyn.metrics import task_type  # noqa: E402
 from kwyn.model import predict  # noqa: E402
 from kwyn.params import Recipe  # noqa: E402
-from kwyn.train import load_trained, train  # noqa: E402
+from kwyn.runs import load_trained  # noqa: E402
+from kwyn.train import train  # noqa: E402
 
 
 def parse_recipe(text: str) -> tuple[str, dict | None]:

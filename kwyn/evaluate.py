@@ -13,34 +13,30 @@ import torch
 
 from kwyn import profile
 from kwyn.backbones import build_backbone
-from kwyn.io import atomic_path, read_json, write_json
+from kwyn.io import atomic_path, write_json
 from kwyn.metrics import task_type
 from kwyn.model import max_abs_diff, predict, task_model
+from kwyn.methods import method_of
 from kwyn.params import ResolvedExperiment
-from kwyn.train import build_encoder, frozen_backbone, load_trained
+from kwyn.runs import build_encoder, frozen_backbone, load_trained, round_dirs
 from kwyn.trim import load_trimmed, save_trimmed, trim_model
 
 
 def trim_run(exp: ResolvedExperiment, run_dir: str | Path, out_dir: str | Path) -> dict:
     """Physically remove the units the run switched off (masks) or never had (scratch, convexity's
-    dropped layers); save the smaller model. Lottery: the last round at out_dir, every round under
-    out_dir/rounds/<round>."""
+    dropped layers); save the smaller model. A method that trains in rounds (lottery): the last round at
+    out_dir, every round under out_dir/rounds/<round>."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if exp.method != "lottery":
+    if not method_of(exp).in_rounds:
         return _trim_one(exp, run_dir, out_dir)
-    round_dirs = lottery_rounds(run_dir)
-    rounds = [_trim_one(exp, r, out_dir / "rounds" / r.name) for r in round_dirs]
-    # the top-level best.pt is a copy of the last round's (kwyn.train.copy_selected): so is its model
-    for f in (out_dir / "rounds" / round_dirs[-1].name).iterdir():
+    rounds_run = round_dirs(run_dir)
+    rounds = [_trim_one(exp, r, out_dir / "rounds" / r.name) for r in rounds_run]
+    # the top-level best.pt is a copy of the last round's (kwyn.runs.copy_selected): so is its model
+    for f in (out_dir / "rounds" / rounds_run[-1].name).iterdir():
         if f.is_file():
             with atomic_path(out_dir / f.name) as tmp:
                 shutil.copyfile(f, tmp)
     return {**rounds[-1], "rounds": rounds}
-
-
-def lottery_rounds(run_dir: Path) -> list[Path]:
-    return sorted((p for p in Path(run_dir).glob("round*") if (p / "best.pt").exists()),
-                  key=lambda p: int(p.name.removeprefix("round")))
 
 
 def _trim_one(exp: ResolvedExperiment, run_dir: Path, out_dir: Path) -> dict:
@@ -57,21 +53,23 @@ def _trim_one(exp: ResolvedExperiment, run_dir: Path, out_dir: Path) -> dict:
     else:
         sites = {s.name: s.units for s in plain.mask_sites()}
         base_config = dict(plain.config)
-        if hasattr(modulations, "kept_units"):  # kwyn, lottery
-            kept = {k: v.tolist() for k, v in modulations.kept_units().items()}
+        removed = modulations.kept_units() if modulations is not None else None
+        if removed is not None:  # masks of any kind
+            kept = {k: v.tolist() for k, v in removed.items()}
         else:  # base, ssf, convexity: every unit of the (kept layers of the) encoder
             kept = {name: list(range(n)) for name, n in sites.items()}
         trim_model(plain, kept)
     trimmed = task_model(plain, model.head)
-    if best["modulation_kind"] == "ssf":
-        trimmed.modulations = modulations  # the trained scale-and-shift, re-attached at load
+    kept_modulations = modulations is not None and modulations.kept_at_trim
+    if kept_modulations:
+        trimmed.modulations = modulations  # e.g. SSF's trained scale-and-shift, re-attached at load
     full = frozen_backbone(exp)
     metadata = {"experiment": exp.name, "backbone": exp.backbone, "dataset": exp.dataset, "task": exp.task,
                 "method": exp.method, "source": exp.source, "target_ratio": exp.target_ratio,
                 "selected_step": best["row"]["step"], "layers": architecture.get("layers"),
                 "trim_ratio": 1 - profile.param_count(plain) / profile.param_count(full)}
     save_trimmed(trimmed, kept, sites, out_dir, metadata, base_config=base_config,
-                 modulations="ssf" if best["modulation_kind"] == "ssf" else None)
+                 modulations=modulations.kind if kept_modulations else None)
     return metadata
 
 
@@ -82,18 +80,17 @@ def evaluate_run(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | 
 
     torch.set_num_threads(exp.train.threads)
     test_set = PreparedDataset(data_root, "test", exp.task)
-    if exp.method == "lottery":
+    method = method_of(exp)
+    if method.in_rounds:
         rounds = [{"round": int(r.name.removeprefix("round")),
                    **_evaluate_one(exp, test_set, r, Path(model_dir) / "rounds" / r.name, progress)}
-                  for r in lottery_rounds(Path(run_dir))]
+                  for r in round_dirs(Path(run_dir))]
         # the top-level model is the last round's (trim_run): its result, not a second measurement
         result = {k: v for k, v in rounds[-1].items() if k != "round"}
         result["rounds"] = rounds
     else:
         result = _evaluate_one(exp, test_set, Path(run_dir), Path(model_dir), progress)
-    if exp.method == "convexity":
-        result["convexity"] = read_json(Path(run_dir) / "convexity.json")
-    return result
+    return {**result, **method.result(exp, Path(run_dir))}
 
 
 def _evaluate_one(exp: ResolvedExperiment, test_set, run_dir: Path, model_dir: Path, progress: bool) -> dict:
@@ -120,7 +117,7 @@ def _evaluate_one(exp: ResolvedExperiment, test_set, run_dir: Path, model_dir: P
         "lambda": exp.sparsity.lambda_ if exp.sparsity else None,
         "recipe": exp.recipe.model_dump() if exp.recipe else None,
         "seed": exp.train.seed,
-        "mask_lr": exp.train.mask_lr if exp.method == "kwyn" else None,
+        "mask_lr": exp.train.mask_lr if method_of(exp).learns_masks else None,
         "selected_step": best["row"]["step"], "val_metric": best["row"]["val_metric"],
         "task_type": type_name, "metric": ttype.primary,  # the primary metric: a key of "test"
         "higher_is_better": ttype.higher_is_better,

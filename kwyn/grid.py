@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from kwyn.methods import METHODS
 from kwyn.params import GridSpec, ParamsError, _format, read_yaml, validate
 
 SECTIONS = ("datasets", "experiments", "scratch")  # replaced whole; `train` is updated key by key
@@ -43,14 +44,6 @@ def pct(ratio: float) -> str:
     """0.25 -> "25"; 0.125 -> "12p5" (names may not contain '.')."""
     value = round(ratio * 100, 6)
     return str(int(value)) if value == int(value) else f"{value:g}".replace(".", "p")
-
-
-def has_layers(backbone: str) -> bool:
-    """Whether the backbone has a stack of transformer layers that convexity pruning can drop."""
-    from kwyn.backbones import BACKBONES, family_class
-    from kwyn.backbones.base import Backbone
-
-    return family_class(BACKBONES[backbone][0]).keep_layers is not Backbone.keep_layers
 
 
 def _dump(model) -> dict:
@@ -88,28 +81,26 @@ def expand(spec: GridSpec) -> dict:
             prefix = f"{short_name(backbone)}_{dataset if spec.name_by == 'dataset' else task}"
             base = {"backbone": backbone, "dataset": dataset, "task": task}
             for method in methods:
-                if method == "scratch":
-                    continue  # below, after the kwyn experiments of every ratio
-                if method == "convexity":
-                    task_type = spec.datasets[dataset].TASKS[task]
-                    why = (f"{backbone}: no transformer layers to drop (its family has no keep_layers)" if not has_layers(backbone) else
-                           f"{dataset}.{task} is a {task_type} task, not classification"
-                           if task_type != "classification" else None)
-                    if why:
-                        skipped.append((f"{prefix}_convexity", why))
-                        continue
-                ratios = spec.ratios if method == "kwyn" and spec.ratios else [None]
-                recipes = [None, *spec.recipes] if method == "kwyn" else [None]
+                m = METHODS[method]
+                if not m.in_experiments:
+                    continue  # scratch: below, after the kwyn experiments of every ratio
+                if why := m.skip_reason(backbone, spec.datasets[dataset].TASKS[task]):
+                    skipped.append((f"{prefix}_{method}", f"{dataset}.{task}: {why}"))
+                    continue
+                ratios = spec.ratios if m.ratio_block and spec.ratios else [None]
+                recipes = [None, *spec.recipes] if "recipe" in m.blocks else [None]
                 for recipe in recipes:
                     for ratio in ratios:
                         entry = {**base, "method": method}
-                        if method == "kwyn":
-                            entry["sparsity"] = {**_dump(spec.sparsity), **({"ratio": ratio} if ratio else {})}
+                        if "sparsity" in m.blocks:
+                            entry["sparsity"] = _dump(spec.sparsity)
                         if recipe is not None:
                             entry["recipe"] = _dump(spec.recipes[recipe])
-                        block = getattr(spec, method, None) if method in ("lottery", "convexity") else None
+                        block = getattr(spec, method, None) if method in m.blocks else None
                         if block is not None:
-                            entry[method] = _dump(block)
+                            entry[method] = block if isinstance(block, dict) else _dump(block)
+                        if ratio:
+                            entry[m.ratio_block] = {**entry.get(m.ratio_block, {}), "ratio": ratio}
                         train = _merged(spec.experiment_train.get(backbone), spec.method_train.get(method),
                                         spec.recipe_train.get(recipe))
                         name = "_".join([prefix, method, *([recipe] if recipe else []), *([pct(ratio)] if ratio else [])])

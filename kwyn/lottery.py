@@ -33,8 +33,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from kwyn.masks import module_key
-from kwyn.sites import MaskSite, SiteModulation
+from kwyn.sites import MaskSite, SiteModulation, SiteModulationSet
 
 SCORES = ("magnitude", "activation", "gradient")
 
@@ -64,25 +63,18 @@ class FixedMask(SiteModulation):
         return torch.nonzero(self.keep > 0.5).flatten().cpu()
 
 
-class FixedMaskSet(nn.ModuleDict):
-    """One FixedMask per site, indexed by site name (dots in names escaped as in kwyn.masks.MaskSet)."""
+class FixedMaskSet(SiteModulationSet):
+    """One FixedMask per site: units removed by lottery rounds (or a scratch-like fixed architecture) held at 0."""
+    kind = "fixed_masks"
 
     def __init__(self, sites: list[MaskSite], kept: dict[str, torch.Tensor] | None = None):
-        super().__init__({module_key(s.name): FixedMask(s) for s in sites})
-        self._handles: list = []
+        super().__init__([FixedMask(s) for s in sites])
         if kept is not None:
             self.set_kept(kept)
 
     @classmethod
-    def from_kept(cls, sites: list[MaskSite], kept: dict[str, torch.Tensor]) -> "FixedMaskSet":
-        """Masks keeping kept[site] at each named site (sites not named keep all their units)."""
+    def for_run(cls, sites, train, kept=None) -> "FixedMaskSet":
         return cls(sites, kept)
-
-    def __getitem__(self, site_name: str) -> FixedMask:
-        return super().__getitem__(module_key(site_name))
-
-    def by_site(self) -> dict[str, FixedMask]:
-        return {mask.site.name: mask for mask in self.values()}
 
     def set_kept(self, kept: dict[str, torch.Tensor]) -> None:
         masks = self.by_site()
@@ -102,18 +94,6 @@ class FixedMaskSet(nn.ModuleDict):
     @property
     def kept_count(self) -> int:
         return sum(int(m.kept().numel()) for m in self.values())
-
-    def attach(self, model: nn.Module) -> list:
-        """Hook every mask onto the backbone (or a TaskModel's backbone); returns the handles."""
-        handles = [mask.attach(_backbone_of(model)) for mask in self.values()]
-        self._handles.extend(handles)
-        return handles
-
-    def detach(self) -> None:
-        """Remove the hooks this set attached."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 # -- unit scores -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from kwyn.sites import MaskSite, SiteModulation
+from kwyn.sites import MaskSite, SiteModulation, SiteModulationSet
 
 SPARSITY_LOSSES = ("paper", "authors_code")
 
@@ -53,25 +53,24 @@ class UnitMask(SiteModulation):
         return torch.nonzero(self.logits.detach() > self.threshold).flatten().cpu()
 
 
-def module_key(site_name: str) -> str:
-    """nn.ModuleDict keys cannot contain '.', site names (e.g. 'layer3.ffn') can."""
-    return site_name.replace(".", "__")
-
-
-class MaskSet(nn.ModuleDict):
-    """One UnitMask per site of a backbone; index it by site name."""
+class MaskSet(SiteModulationSet):
+    """One UnitMask per site of a backbone; index it by site name. The mask logits learn at train.mask_lr."""
+    kind = "masks"
 
     def __init__(self, sites: list[MaskSite], init_logit: float = 1.0):
-        super().__init__({module_key(s.name): UnitMask(s, init_logit) for s in sites})
+        super().__init__([UnitMask(s, init_logit) for s in sites])
 
-    def __getitem__(self, site_name: str) -> UnitMask:
-        return super().__getitem__(module_key(site_name))
-
-    def by_site(self) -> dict[str, UnitMask]:
-        return {mask.site.name: mask for mask in self.values()}
+    @classmethod
+    def for_run(cls, sites, train, kept=None) -> "MaskSet":
+        return cls(sites, train.mask_init)
 
     def kept_units(self) -> dict[str, torch.Tensor]:
         return {name: mask.kept() for name, mask in self.by_site().items()}
+
+    def param_groups(self, train) -> list[dict]:
+        # mask logits need a larger step than the head: at lr 1e-3 a logit starting at 1.0 takes
+        # about 1,000 Adam steps to cross the rounding threshold (docs/design-notes.md, "Method")
+        return [{"params": self.logits(), "lr": train.mask_lr, "name": "masks"}]
 
     def logits(self) -> list[torch.Tensor]:
         return [mask.logits for mask in self.values()]

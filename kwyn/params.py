@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 SPARSITY_LOSSES = ("paper", "authors_code")
-METHODS = ("base", "ssf", "kwyn", "lottery", "convexity")  # + "scratch", from the `scratch:` section
 LOTTERY_SCORES = ("magnitude", "activation", "gradient")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TASK_TYPES = ("classification", "tagging", "asr")  # kwyn.metrics.TASK_TYPES trains and scores each
@@ -271,6 +270,17 @@ class Recipe(_Strict):
     init_batches: int = Field(16, ge=1)
 
 
+class HardConcrete(_Strict):
+    """DPHuBERT's HardConcrete unit masks with a Lagrangian on the expected size (kwyn.hardconcrete)."""
+    ratio: float = Field(gt=0, lt=1)  # the share of encoder parameters to remove (expected, then rounded per site)
+    ratio_ramp: float = Field(0.5, gt=0, le=1)  # the target ramps from 0 over this share of the steps (DPHuBERT's warm-up)
+    # lr of the gates' log_alpha and (ascending) of the Lagrange multipliers: DPHuBERT's 0.02 is for 20k+ steps;
+    # a few hundred need a larger one to move log_alpha from its start (4.6) past the keep/drop point (-1.6)
+    lr: float = Field(0.1, gt=0)
+    init_drop: float = Field(0.01, gt=0, lt=1)  # every gate starts with this probability of being 0 (DPHuBERT's)
+    beta: float = Field(2 / 3, gt=0)  # temperature of the concrete distribution (Louizos et al.)
+
+
 class Lottery(_Strict):
     """Structured lottery-ticket trimming (Esling et al. 2020), kwyn.lottery."""
     rounds: int = Field(3, ge=1)
@@ -315,32 +325,33 @@ class Experiment(_Strict):
     checkpoint: Optional[str] = None
     dataset: str
     task: str
-    method: Literal["base", "ssf", "kwyn", "lottery", "convexity"]
+    method: str  # a registered method of kwyn.methods (scratch: in the `scratch:` section)
     sparsity: Optional[Sparsity] = None
     recipe: Optional[Recipe] = None  # kwyn: head warm-up, distillation, re-fit (None: the paper's loop)
     lottery: Optional[Lottery] = None
     convexity: Optional[Convexity] = None
+    hardconcrete: Optional[HardConcrete] = None
     train: TrainOverrides = TrainOverrides()
     profile: ProfileOverrides = ProfileOverrides()  # e.g. the input length a backbone is timed at
 
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, method: str) -> str:
+        from kwyn.methods import METHODS
+
+        known = [name for name, m in METHODS.items() if m.in_experiments]
+        if method not in known:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(known)} (scratch: in the `scratch:` "
+                             "section)")
+        return method
+
     @model_validator(mode="after")
     def _method_blocks(self):
-        if self.method == "kwyn" and self.sparsity is None:
-            raise ValueError("method 'kwyn' needs a 'sparsity' block (loss, t, lambda, and optionally ratio)")
-        if self.method != "kwyn" and self.sparsity is not None:
-            raise ValueError(f"method {self.method!r} trains no learned mask: remove its 'sparsity' block")
-        if self.method != "kwyn" and self.recipe is not None:
-            raise ValueError(f"a 'recipe' block trains masks (method 'kwyn'), not {self.method!r}: remove it")
-        if self.recipe is not None and self.recipe.init == "importance" and self.sparsity.ratio is None:
-            raise ValueError("recipe.init 'importance' starts some logits below 0, which only ratio control "
-                             "(sparsity.ratio) keeps on until the ramp removes them: set sparsity.ratio")
-        for block in ("lottery", "convexity"):
-            if getattr(self, block) is not None and self.method != block:
-                raise ValueError(f"a '{block}' block belongs to method '{block}', not {self.method!r}")
-        if self.method == "lottery" and self.lottery is None:
-            self.lottery = Lottery()
-        if self.method == "convexity" and self.convexity is None:
-            self.convexity = Convexity()
+        from kwyn.methods import METHODS, require_absent
+
+        method = METHODS[self.method]
+        require_absent(self, method)
+        method.check(self)  # its own blocks: required, or completed with their defaults
         return self
 
 
@@ -350,7 +361,17 @@ class Scratch(_Strict):
     train: TrainOverrides = TrainOverrides()
 
 
-GridMethod = Literal["base", "ssf", "kwyn", "scratch", "lottery", "convexity"]
+
+
+def _grid_method(method: str) -> str:
+    from kwyn.methods import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    return method
+
+
+GridMethod = Annotated[str, AfterValidator(_grid_method)]  # any registered method, scratch included
 
 
 class GridSpec(_Strict):
@@ -376,6 +397,8 @@ class GridSpec(_Strict):
     seeds_for: dict[str, list[int]] = {}
     lottery: Optional[Lottery] = None  # the lottery experiments' block (None: Lottery's defaults)
     convexity: Optional[Convexity] = None  # the convexity experiments' block (None: Convexity's defaults)
+    # the hardconcrete experiments' block, `ratio` left out: each gets one of `ratios`
+    hardconcrete: Optional[dict] = None
     train: TrainOverrides = TrainOverrides()  # replaces these keys of the top-level `train`
     experiment_train: dict[str, TrainOverrides] = {}  # backbone -> `train` of its experiments (not scratch)
     method_train: dict[str, TrainOverrides] = {}  # method -> `train` of its experiments, over experiment_train
@@ -422,9 +445,11 @@ class GridSpec(_Strict):
             if stray:
                 raise ValueError(f"{key}: backbone(s) {stray} have no `tasks` in this grid; its backbones: "
                                  f"{sorted(self.tasks)}")
-        stray = sorted(set(self.method_train) - set(GridMethod.__args__) - {"scratch"})
+        from kwyn.methods import METHODS
+
+        stray = sorted(set(self.method_train) - set(METHODS))
         if stray:
-            raise ValueError(f"method_train: unknown method(s) {stray}; known: {list(GridMethod.__args__)}")
+            raise ValueError(f"method_train: unknown method(s) {stray}; known: {list(METHODS)}")
         if "scratch" in self.method_train:
             raise ValueError("method_train.scratch: give scratch settings as `scratch_train`")
         stray = sorted(set(self.recipe_train) - set(self.recipes))
@@ -436,7 +461,7 @@ class GridSpec(_Strict):
         for where, seeds in [("seeds", self.seeds), *((f"seeds_for.{k}", v) for k, v in self.seeds_for.items())]:
             if not seeds or len(set(seeds)) != len(seeds):
                 raise ValueError(f"{where}: {seeds} must list distinct seeds, at least one")
-        stray = sorted(set(self.seeds_for) - set(GridMethod.__args__) - set(self.recipes))
+        stray = sorted(set(self.seeds_for) - set(METHODS) - set(self.recipes))
         if stray:
             raise ValueError(f"seeds_for: {stray} are neither methods nor recipes of the grid")
         for backbone in self.tasks:
@@ -445,9 +470,15 @@ class GridSpec(_Strict):
                 raise ValueError(f"methods of {backbone}: scratch needs kwyn and `ratios` (one scratch entry "
                                  "per kwyn ratio)")
         listed = {m for b in self.tasks for m in self.methods_of(b)}
-        for block in ("lottery", "convexity"):
+        for block in ("lottery", "convexity", "hardconcrete"):
             if getattr(self, block) is not None and block not in listed:
                 raise ValueError(f"{block}: a block for method {block!r}, which no backbone of the grid lists")
+        if self.hardconcrete is not None:
+            if "ratio" in self.hardconcrete:
+                raise ValueError("hardconcrete.ratio: leave it out; each hardconcrete experiment gets one of `ratios`")
+            HardConcrete(ratio=0.5, **self.hardconcrete)  # its keys and values, named as an experiment's would be
+        if "hardconcrete" in listed and not self.ratios:
+            raise ValueError("methods: hardconcrete needs `ratios` (one experiment per ratio)")
         for name, exp in self.extra_experiments.items():
             where = f"extra_experiments.{name}"
             if exp.dataset not in self.datasets:
@@ -564,13 +595,16 @@ class ResolvedExperiment(BaseModel):
     recipe: Optional[Recipe] = None
     lottery: Optional[Lottery] = None
     convexity: Optional[Convexity] = None
+    hardconcrete: Optional[HardConcrete] = None
     source: Optional[str] = None  # scratch: the kwyn experiment whose architecture is trained
     train: Train
     profile: Profile
 
     @property
     def target_ratio(self) -> Optional[float]:
-        return self.sparsity.ratio if self.sparsity else None
+        from kwyn.methods import METHODS
+
+        return METHODS[self.method].target_ratio(self)
 
 
 def experiment_names(params: Params | None = None) -> list[str]:
@@ -595,5 +629,6 @@ def experiment(name: str, params: Params | None = None) -> ResolvedExperiment:
         name=name, backbone=exp.backbone, checkpoint=exp.checkpoint, dataset=exp.dataset,
         dataset_params=params.datasets[exp.dataset], task=exp.task, method=exp.method,
         sparsity=exp.sparsity, recipe=exp.recipe, lottery=exp.lottery, convexity=exp.convexity,
+        hardconcrete=exp.hardconcrete,
         train=params.train.model_copy(update=overrides),
         profile=params.profile.model_copy(update=exp.profile.model_dump(exclude_none=True)))

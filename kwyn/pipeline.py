@@ -40,11 +40,13 @@ def metrics_path(name: str) -> Path:
 
 
 def default_experiment(name: str | None = None) -> str:
-    """`name`, or when None (a notebook opened as it is) the first `kwyn` experiment of params.yaml."""
+    """`name`, or when None (a notebook opened as it is) the first experiment of params.yaml that learns masks."""
     if name is not None:
         return name
+    from kwyn.methods import METHODS
+
     experiments = load_params().experiments
-    return next((k for k, e in experiments.items() if e.method == "kwyn"), next(iter(experiments)))
+    return next((k for k, e in experiments.items() if METHODS[e.method].learns_masks), next(iter(experiments)))
 
 
 def default_dataset(name: str | None = None) -> str:
@@ -101,7 +103,7 @@ def train(name: str, **kwargs) -> dict:
     from kwyn import train as _train
 
     exp = experiment(name)
-    source = model_dir(exp.source) if exp.method == "scratch" else None
+    source = model_dir(exp.source) if exp.source is not None else None  # scratch: the model it re-trains
     return _train.train(exp, data_dir(exp.dataset) / "prepared", run_dir(name), source_model_dir=source, **kwargs)
 
 

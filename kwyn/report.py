@@ -29,11 +29,13 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from kwyn.io import atomic_path  # noqa: E402
+from kwyn.methods import METHODS as REGISTRY  # noqa: E402
 
 
 METRIC_LABELS = {"weighted_accuracy": "weighted accuracy", "mAP": "mAP", "wer": "WER (lower is better)"}
-METHODS = ["base", "ssf", "kwyn", "scratch", "lottery", "convexity"]
-TRIMMED_METHODS = ["kwyn", "lottery", "convexity"]  # the methods that give a smaller model to select in Table II
+METHODS = list(REGISTRY)  # the report's order: the registry's
+TRIMMED_METHODS = [name for name, m in REGISTRY.items() if m.selectable]  # Table II selects among their models
+MASK_FIGURE_METHOD = "kwyn"  # the kept-units and mask-overlap figures show the paper's masks
 RATIOS_PCT = (25, 50, 75)  # the paper's Table I columns
 RATIO_TOLERANCE_PCT = 2.0  # a run without target_ratio fills the XX % column if it removed XX +- 2 %
 MAX_RELATIVE_DROP = 0.05  # the paper's Table II rule
@@ -60,28 +62,15 @@ def recipe_text(result: dict) -> str:
 
 
 def setting(result: dict) -> str:
-    method, target = result["method"], result.get("target_ratio")
-    target_text = f" target {100 * target:g}%" if target is not None else ""
-    if method in ("base", "ssf"):
-        return method
-    if method == "kwyn":
-        return (f"kwyn {result.get('sparsity_loss')} t={result.get('t', NAN):g} λ={result.get('lambda', NAN):g}"
-                + (f" + {recipe_text(result)}" if recipe_text(result) else "") + target_text)
-    if method == "scratch":
-        return "scratch" + (target_text or f" {100 * result['trim_ratio']:.0f}%")
-    if method == "lottery":
-        return f"lottery r{result['round']}"
-    if method == "convexity":
-        kept = (result.get("convexity") or {}).get("kept_layers")
-        return f"convexity {kept} layers" if kept is not None else "convexity"
-    return method
+    method = REGISTRY.get(result["method"])
+    return method.setting(result) if method is not None else result["method"]
 
 
 def expand_rounds(results: list[dict]) -> list[dict]:
     """A lottery result stands for its rounds: each round is a model of its own (the curve of metric vs ratio)."""
     out = []
     for r in results:
-        if r.get("method") == "lottery" and r.get("rounds"):
+        if r.get("rounds"):
             top = {k: v for k, v in r.items() if k != "rounds"}
             out += [{**top, **round_result} for round_result in r["rounds"]]
         else:
@@ -219,20 +208,27 @@ def table1(frame: pd.DataFrame) -> pd.DataFrame:
                 "higher_is_better": bool(g.higher_is_better.iloc[0]),
                 "base": by["base"].score.iloc[0] if len(by["base"]) else NAN}
         row = {**head, "recipe": "", "ssf": by["ssf"].score.iloc[0] if len(by["ssf"]) else NAN}
-        for method, prefix in (("scratch", "scratch"), ("kwyn", "ours")):
-            row |= _at_ratios(by[method], prefix)
-        for name, best in (("best", best_row(by["kwyn"])), ("lottery_best", best_row(by["lottery"])),
-                           ("convexity", best_row(by["convexity"]))):
-            row[f"{name}_trim_pct"] = NAN if best is None else best.trim_pct
-            row[f"{name}_score"] = NAN if best is None else best.score
+        for name, method in TABLE1_RATIO_COLUMNS:
+            row |= _at_ratios(by[name], method.table1_prefix)
+        for name, method in TABLE1_BEST_COLUMNS:
+            best = best_row(by[name])
+            row[f"{method.table1_best}_trim_pct"] = NAN if best is None else best.trim_pct
+            row[f"{method.table1_best}_score"] = NAN if best is None else best.score
         out.append(row)
-        # each kwyn recipe in a row of its own, beside the paper's loop: same base, its own ours_XX
-        for name in dict.fromkeys(recipe[(g.method == "kwyn") & (recipe != "")]):
-            runs = g[(g.method == "kwyn") & (recipe == name)]
-            best = best_row(runs)
-            out.append({**head, "recipe": name, **_at_ratios(runs, "ours"), "best_trim_pct": best.trim_pct,
-                        "best_score": best.score})
+        # each recipe in a row of its own, beside the paper's loop: same base, its own ours_XX
+        for method, m in TABLE1_RATIO_COLUMNS:
+            for name in dict.fromkeys(recipe[(g.method == method) & (recipe != "")]):
+                runs = g[(g.method == method) & (recipe == name)]
+                best = best_row(runs)
+                out.append({**head, "recipe": name, **_at_ratios(runs, m.table1_prefix),
+                            f"{m.table1_best}_trim_pct": best.trim_pct, f"{m.table1_best}_score": best.score})
     return pd.DataFrame(out)
+
+
+# Table I's per-ratio columns (scratch_XX, ours_XX, ...) and best-run columns (best_*, lottery_best_*, ...), in
+# the registry's order, which puts the paper's first
+TABLE1_RATIO_COLUMNS = [(name, m) for name, m in REGISTRY.items() if m.table1_prefix]
+TABLE1_BEST_COLUMNS = [(name, m) for name, m in REGISTRY.items() if m.table1_best]
 
 
 def _at_ratios(rows: pd.DataFrame, prefix: str) -> dict:
@@ -296,7 +292,7 @@ def table2(frame: pd.DataFrame) -> pd.DataFrame:
                     for recipe in dict.fromkeys(recipes[m.method == method])]
         for method, recipe in variants:
             picked = {}  # task kind -> selected rows
-            name = ("trim" if method == "kwyn" else method) + ("+recipe" if recipe else "")
+            name = (REGISTRY[method].table2_name or method) + ("+recipe" if recipe else "")
             chosen = m[(m.method == method) & (recipes == recipe)]
             for (dataset, task), g in chosen.groupby(["dataset", "task"], sort=False):
                 best = select_fastest_within(g)
@@ -392,13 +388,9 @@ def _latex_escape(text: str) -> str:
 # figures
 
 
-STYLE = {"kwyn": dict(marker="o", ls="-", color="C0"), "scratch": dict(marker="s", ls="", color="C1"),
-         "lottery": dict(marker="^", ls="-", color="C2"), "convexity": dict(marker="D", ls="", color="C3"),
-         "ssf": dict(marker="P", ls="", color="C4"), "base": dict(marker="*", ls="", color="grey")}
+STYLE = {name: m.style for name, m in REGISTRY.items()}
 RECIPE_STYLE = dict(color="C5", ls="--", marker="v")  # kwyn trained with a recipe (kwyn.recipe)
-LABELS = {"kwyn": "kwyn (masks, then trimmed)", "scratch": "scratch (trimmed architecture re-trained)",
-          "lottery": "lottery (rounds)", "convexity": "convexity (layers dropped)", "ssf": "SSF (nothing removed)",
-          "base": "base (frozen encoder + head)"}
+LABELS = {name: m.label for name, m in REGISTRY.items()}
 
 
 def _axes(n: int, width: float = 5.5, height: float = 4.0):
@@ -434,20 +426,21 @@ def plot_metric_vs_trimming(frame: pd.DataFrame, path: Path) -> None:
     fig, axes = _axes(len(groups))
     for ax, ((model, dataset, task), g) in zip(axes, groups):
         recipes = g.recipe
-        for method in ("kwyn", "scratch", "lottery", "convexity"):
+        for method in (name for name, m in REGISTRY.items() if m.removes_units):
             for recipe in dict.fromkeys(recipes[g.method == method]):
                 rows = g[(g.method == method) & (recipes == recipe)]
-                rows = rows.sort_values("round" if method == "lottery" else "trim_pct")
+                rows = rows.sort_values("round" if REGISTRY[method].in_rounds else "trim_pct")
                 style = dict(STYLE[method], **(RECIPE_STYLE if recipe else {}))
-                label = LABELS[method] + (f", {recipe}" if recipe else (", paper's loop" if method == "kwyn" else ""))
+                label = LABELS[method] + (f", {recipe}" if recipe else
+                                          (", paper's loop" if "recipe" in REGISTRY[method].blocks else ""))
                 ax.plot(rows.trim_pct, rows.score, label=label, **style)
                 if "score_min" in rows and (rows.seeds > 1).any():  # the spread over seeds
                     ax.errorbar(rows.trim_pct, rows.score, yerr=[rows.score - rows.score_min,
                                                                  rows.score_max - rows.score],
                                 fmt="none", ecolor=style["color"], capsize=3, alpha=0.8)
-        for method, ls in (("base", "--"), ("ssf", ":")):
+        for method in (name for name, m in REGISTRY.items() if not m.removes_units):  # a line: nothing removed
             for _, row in g[g.method == method].iterrows():
-                ax.axhline(row.score, color=STYLE[method]["color"], ls=ls, label=LABELS[method])
+                ax.axhline(row.score, color=STYLE[method]["color"], ls=STYLE[method]["ls"], label=LABELS[method])
                 if "score_min" in row and row.get("seeds", 1) > 1:
                     ax.axhspan(row.score_min, row.score_max, color=STYLE[method]["color"], alpha=0.12)
         ax.set(title=f"{model} / {dataset} {task}", xlabel="encoder parameters removed (%)", ylabel=_ylabel(g),
@@ -488,7 +481,7 @@ def closest_to(frame: pd.DataFrame, pct: float = 50.0) -> pd.DataFrame:
     """Per (model, dataset, task), the kwyn run closest to pct % removed: one mask to show per task. Where a
     model's tasks share a recipe, only its runs are candidates (the same training on every task, so that masks
     compare), the recipe ahead of the paper's loop."""
-    kwyn = frame[frame.method == "kwyn"]
+    kwyn = frame[frame.method == MASK_FIGURE_METHOD]
 
     def shared_recipe(g: pd.DataFrame) -> str | None:
         per_task = [set(t.recipe) for _, t in g.groupby(["dataset", "task"])]
@@ -582,7 +575,7 @@ def plot_mask_overlap(frame: pd.DataFrame, results: list[dict], path: Path) -> d
 
 
 def plot_convexity(results: list[dict], path: Path) -> None:
-    runs = [r for r in results if r.get("method") == "convexity" and (r.get("convexity") or {}).get("scores")]
+    runs = [r for r in results if (r.get("convexity") or {}).get("scores")]
     if not runs:
         return _message_figure(path, "no convexity results: no per-layer convexity scores to plot")
     models = list(dict.fromkeys(r["backbone"] for r in runs))

@@ -70,3 +70,65 @@ class SiteModulation(nn.Module):
 
 def attach_all(backbone: nn.Module, modulations) -> list[torch.utils.hooks.RemovableHandle]:
     return [m.attach(backbone) for m in modulations]
+
+
+def module_key(site_name: str) -> str:
+    """nn.ModuleDict keys cannot contain '.', site names (e.g. 'layer3.ffn') can."""
+    return site_name.replace(".", "__")
+
+
+class SiteModulationSet(nn.ModuleDict):
+    """One SiteModulation per mask site of a backbone, indexed by site name: what a method hooks into the encoder.
+
+    Subclasses (kwyn.masks.MaskSet, kwyn.ssf.ScaleShiftSet, kwyn.lottery.FixedMaskSet,
+    kwyn.hardconcrete.HardConcreteSet) say what they learn (`param_groups`), what they remove
+    (`kept_units`, None when nothing is removed) and whether they stay in the trimmed model
+    (`kept_at_trim`, SSF's scale-and-shift). `kind` names the set in a run's best.pt.
+
+        masks = MaskSet(backbone.mask_sites())
+        masks.attach(backbone)            # hooks at every site; returns the handles
+        masks.kept_units(); masks.detach()
+    """
+    kind: str = ""
+    kept_at_trim: bool = False  # the trimmed model keeps these modulations attached (they change its outputs)
+
+    def __init__(self, modulations: list[SiteModulation]):
+        super().__init__({module_key(m.site.name): m for m in modulations})
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @classmethod
+    def for_run(cls, sites: list[MaskSite], train, kept: dict | None = None) -> "SiteModulationSet":
+        """The set a run trains (or a saved one is loaded into): train = the run's `train` settings,
+        kept = the units a saved fixed mask keeps."""
+        return cls(sites)
+
+    def __getitem__(self, site_name: str) -> SiteModulation:
+        return super().__getitem__(module_key(site_name))
+
+    def by_site(self) -> dict[str, SiteModulation]:
+        return {modulation.site.name: modulation for modulation in self.values()}
+
+    def attach(self, model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        """Hook every modulation onto the backbone (or a TaskModel's backbone); returns the handles."""
+        backbone = getattr(model, "backbone", model)
+        handles = [modulation.attach(backbone) for modulation in self.values()]
+        self._handles.extend(handles)
+        return handles
+
+    def detach(self) -> None:
+        """Remove the hooks this set attached."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def kept_units(self) -> dict[str, torch.Tensor] | None:
+        """{site: indices of the units kept}; None for a set that removes nothing."""
+        return None
+
+    def param_groups(self, train) -> list[dict]:
+        """The optimizer groups of what this set learns, at the run's `train` settings."""
+        return []
+
+    def penalty(self, step: int) -> torch.Tensor | None:
+        """A loss term the set adds at `step` of the mask training (HardConcrete's Lagrangian), or None."""
+        return None

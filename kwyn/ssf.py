@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kwyn.masks import module_key
-from kwyn.sites import MaskSite, SiteModulation
+from kwyn.sites import MaskSite, SiteModulation, SiteModulationSet
 
 
 class ScaleShift(SiteModulation):
@@ -23,12 +22,13 @@ class ScaleShift(SiteModulation):
         return self.site.shift_units(self.site.scale_units(x, self.scale), self.shift)
 
 
-class ScaleShiftSet(nn.ModuleDict):
-    """One ScaleShift per site, keyed like kwyn.masks.MaskSet."""
+class ScaleShiftSet(SiteModulationSet):
+    """One ScaleShift per site. Nothing is removed, and the trained scale-and-shift stays in the trimmed model."""
+    kind = "ssf"
+    kept_at_trim = True
 
     def __init__(self, sites: list[MaskSite]):
-        super().__init__({module_key(s.name): ScaleShift(s) for s in sites})
+        super().__init__([ScaleShift(s) for s in sites])
 
-    def attach(self, backbone: nn.Module) -> None:
-        for modulation in self.values():
-            modulation.attach(backbone)
+    def param_groups(self, train) -> list[dict]:
+        return [{"params": list(self.parameters()), "lr": train.lr, "name": "ssf"}]

@@ -106,7 +106,7 @@ def test_trimmed_equals_masked_after_rounds():
 def test_fixed_mask_set_from_kept_round_trips_and_escapes_dotted_names():
     sites = [MaskSite("layer0.ffn", "ffn_units", 5, "fc", "input", "channels_last"),
              MaskSite("conv", "conv_channels", 3, "conv", "output", "channels_first")]
-    masks = FixedMaskSet.from_kept(sites, {"layer0.ffn": torch.tensor([4, 1])})
+    masks = FixedMaskSet(sites, {"layer0.ffn": torch.tensor([4, 1])})
     assert masks["layer0.ffn"].kept().tolist() == [1, 4] and masks["conv"].kept().tolist() == [0, 1, 2]
     assert "layer0__ffn.keep" in masks.state_dict()
     with pytest.raises(KeyError, match="nope"):
@@ -188,7 +188,7 @@ def test_activation_score_of_a_zeroed_unit_is_zero():
     assert all((s >= 0).all() and s.shape == (site.units,)
                for s, site in zip(scores.values(), backbone.mask_sites()))
     # units held at zero by an attached mask score 0 too
-    masks = FixedMaskSet.from_kept(backbone.mask_sites(), {"conv5": torch.arange(0, 32, 2)})
+    masks = FixedMaskSet(backbone.mask_sites(), {"conv5": torch.arange(0, 32, 2)})
     masks.attach(backbone)
     masked = activation_scores(backbone, [backbone.site("conv5")], [audio(seed=1)])
     assert (masked["conv5"][1::2] == 0).all() and (masked["conv5"][0::2] > 0).all()

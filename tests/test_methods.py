@@ -11,7 +11,8 @@ from conftest import ROOT, tiny_params
 
 from kwyn.evaluate import evaluate_run, trim_run
 from kwyn.params import experiment, validate
-from kwyn.train import load_trained, train
+from kwyn.runs import load_trained
+from kwyn.train import train
 from kwyn.trim import load_trimmed
 
 TINY = {"backbone": "crepe-tiny", "dataset": "notes", "task": "pitch"}
@@ -33,7 +34,7 @@ def run(exp, data, root: Path, source=None):
 
 def test_ssf_starts_as_the_frozen_model_learns_only_scale_shift_and_head_and_is_saved_with_them(tmp_path, tiny_data):
     from kwyn.ssf import ScaleShiftSet
-    from kwyn.train import frozen_backbone
+    from kwyn.runs import frozen_backbone
 
     exp = experiment("ssf", grid(ssf={"method": "ssf"}))
     backbone = frozen_backbone(exp)

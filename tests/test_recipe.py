@@ -12,7 +12,9 @@ from kwyn.model import predict, task_model
 from kwyn.params import ParamsError, Recipe, experiment, validate
 from kwyn.recipe import (Schedule, TeacherCache, distillation_loss, gradient_importance, importance_logits,
                          unit_costs)
-from kwyn.train import Learner, _trimmed_twin, fit, frozen_backbone, load_trained, train, validation_indices
+from kwyn.loop import Learner, _trimmed_twin, fit, validation_indices
+from kwyn.runs import frozen_backbone, load_trained
+from kwyn.train import train
 
 
 def tiny_kwyn(recipe=None, ratio=0.5, lambda_=1.0, ramp=0.5, **train_overrides):
@@ -34,7 +36,7 @@ def test_schedule_puts_the_warmup_before_the_steps_and_the_refit_at_their_end():
 def test_recipe_is_validated():
     raw = tiny_params()
     raw["experiments"]["tiny_base"]["recipe"] = {"distill": 1.0}
-    with pytest.raises(ParamsError, match="'recipe' block trains masks"):
+    with pytest.raises(ParamsError, match="a 'recipe' block belongs to 'kwyn', not method 'base'"):
         validate(raw)
     with pytest.raises(ValueError, match="refit"):
         Recipe(refit=0.5)  # a number of steps
@@ -110,7 +112,7 @@ def _fit_recording(exp, data, run_dir):
                        "threshold": float(next(iter(learner.modulations.values())).threshold),
                        "head": torch.cat([p.detach().flatten().clone() for p in learner.model.head.parameters()])})
 
-    fit(exp, learner, train_set, valid_set, run_dir, architecture={"init": "pretrained"}, modulation_kind="masks",
+    fit(exp, learner, train_set, valid_set, run_dir, architecture={"init": "pretrained"},
         steps=exp.train.steps, runtime=distributed.setup("cpu", "fp32"), progress=False, on_step=on_step)
     record.learner = learner  # its final state: the last validation's
     return record

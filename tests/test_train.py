@@ -6,7 +6,8 @@ from conftest import tiny_params
 
 from kwyn.evaluate import evaluate_run, trim_run
 from kwyn.params import experiment, validate
-from kwyn.train import load_trained, train
+from kwyn.runs import load_trained
+from kwyn.train import train
 
 
 def tiny(name="tiny_kwyn", **train_overrides):

@@ -1,0 +1,330 @@
+"""The resumable training loop every method runs: step, validate, select, checkpoint, resume.
+
+`fit` trains a Learner (the task model and the site modulations hooked into its encoder) for a
+number of steps and writes the run directory (kwyn.runs): checkpoint.pt at every
+`checkpoint_every` steps (a killed run resumes from it bit for bit), history.csv at every
+validation, best.pt at the best validation metric from `select_after` on, summary.json at the end.
+
+The task type (classification, tagging, asr) comes from the prepared dataset: its head, batch
+collation, loss and primary metric come from kwyn.metrics.TASK_TYPES, so the loop knows no task;
+what learns comes from the modulation set (`param_groups`, `penalty`, `kept_units`), so it knows
+no method but the paper's masks, whose ratio control and convergence recipe (kwyn.recipe) it
+schedules. Runs scale out with torchrun (DDP, one shard of every batch per rank; kwyn.distributed)
+and autocast (train.precision).
+
+    learner = Learner(task_model(encoder, head), MaskSet(encoder.mask_sites()), train_encoder=False)
+    summary = fit(exp, learner, train_set, valid_set, Path("runs/x"), architecture={"init": "pretrained"},
+                  steps=exp.train.steps, runtime=distributed.setup("cpu", "fp32"))
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kwyn import distributed
+from kwyn.backbones import Backbone
+from kwyn.io import atomic_path, write_json
+from kwyn.masks import MaskSet, RatioControl, sparsity_loss
+from kwyn.metrics import task_type
+from kwyn.model import TaskModel, predict
+from kwyn.params import ResolvedExperiment
+from kwyn.recipe import Schedule, TeacherCache, distillation_loss, gradient_importance, importance_logits, unit_costs
+from kwyn.runs import build_encoder
+from kwyn.sites import SiteModulationSet
+
+
+def fingerprint(exp: ResolvedExperiment, extra: dict | None = None) -> str:
+    """Hash of everything that shapes training: a checkpoint of other settings is never resumed."""
+    relevant = exp.model_dump(mode="json", exclude={"profile", "name"})
+    relevant["train"].pop("device", None)  # where a run computes does not change what it computes
+    return hashlib.sha256(json.dumps([relevant, extra], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trimming_ratio(backbone: Backbone, kept_units: dict) -> float:
+    """Share of encoder parameters that keeping `kept_units` would remove, counted exactly."""
+    return 1.0 - backbone.trimmed_param_count(kept_units) / backbone.param_count()
+
+
+# -- what learns -------------------------------------------------------------------------------------
+
+class Learner(nn.Module):
+    """The task model and the site modulations hooked into its encoder: what a run optimises.
+
+    One module, so that DistributedDataParallel sees every trainable parameter (head, masks or
+    scale-shifts, and the encoder when it learns).
+    """
+
+    def __init__(self, model: TaskModel, modulations: Optional[SiteModulationSet], train_encoder: bool):
+        super().__init__()
+        self.model, self.modulations, self.train_encoder = model, modulations, train_encoder
+        if modulations is not None:
+            modulations.attach(model.backbone)
+        model.backbone.requires_grad_(train_encoder)
+
+    def forward(self, audio, lengths=None, *, features=None, return_features: bool = False):
+        """The task model's outputs. features: given embeddings instead of the encoder's (head warm-up,
+        re-fit); return_features: also the encoder's output (distillation). Inside forward, so that DDP
+        sees every phase."""
+        if features is None:
+            features = self.model.features(audio, lengths)
+        outputs = self.model.apply_head(features)
+        return (outputs, features) if return_features else outputs
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # a frozen encoder keeps eval mode (dropout off, BatchNorm running statistics), as in the paper
+        self.model.backbone.train(mode and self.train_encoder)
+        return self
+
+    def param_groups(self, cfg) -> list[dict]:
+        groups = [{"params": list(self.model.head.parameters()), "lr": cfg.lr, "name": "head"}]
+        if self.modulations is not None:
+            groups += self.modulations.param_groups(cfg)
+        if self.train_encoder:
+            groups.append({"params": list(self.model.backbone.parameters()), "lr": cfg.encoder_lr,
+                           "name": "encoder"})
+        return groups
+
+
+def _save(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _state(module: Optional[nn.Module]):
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()} if module is not None else None
+
+
+# -- the loop ------------------------------------------------------------------------------------------
+
+def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir: Path, *, architecture: dict,
+        steps: int, runtime, progress: bool = True, extra: dict | None = None,
+        on_step: Optional[Callable[[int], None]] = None) -> dict:
+    """Train `learner` for `steps` steps; resumable; writes best.pt, history.csv, summary.json in run_dir.
+
+    extra: what else shapes this run (a round's kept units), hashed into the checkpoint's fingerprint;
+    on_step(done) is called after every step (lottery saves its rewinding point there).
+    """
+    cfg = exp.train
+    run_dir.mkdir(parents=True, exist_ok=True)
+    type_name, ttype = task_type(train_set, exp.name)
+    model, modulations = learner.model, learner.modulations
+    masks = modulations if isinstance(modulations, MaskSet) else None  # the paper's masks: ratio control, recipe
+    recipe = exp.recipe if masks is not None else None
+    schedule = Schedule.of(steps, recipe)
+    mask_steps, steps = steps, schedule.steps  # a recipe's warm-up and re-fit come on top of the mask training
+    learner.to(runtime.device)
+    # a recipe's head warm-up and re-fit steps give the masks no gradient, which DDP must be told
+    wrapped = distributed.wrap(learner, runtime, **({"find_unused_parameters": True} if recipe else {}))
+    optimizer = torch.optim.Adam(learner.param_groups(cfg))
+    control = None
+    if masks is not None and exp.sparsity.ratio is not None:
+        control = RatioControl(model.backbone, masks, exp.sparsity.ratio, schedule.mask_steps,
+                               exp.sparsity.ratio_ramp, seed=cfg.seed, start=schedule.mask_start)
+    warmup_steps = math.ceil(cfg.warmup * steps) if learner.train_encoder else 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [(lambda s: min(1.0, (s + 1) / warmup_steps)) if g["name"] == "encoder" and warmup_steps
+                    else (lambda s: 1.0) for g in optimizer.param_groups])
+    scaler = distributed.grad_scaler(runtime)
+    sampler = torch.Generator().manual_seed(cfg.seed)  # same on every rank: each takes its shard of one batch
+    teacher = None
+    if recipe and (recipe.head_warmup or recipe.distill):
+        # the clips the warm-up (and distillation) steps will draw: the sampler's first draws, replayed
+        ahead = torch.Generator().manual_seed(cfg.seed)
+        upto = schedule.refit_start if recipe.distill else schedule.mask_start
+        clips = {i for _ in range(upto) for i in _draw(ahead, len(train_set), cfg.batch_size)}
+        teacher = TeacherCache(model, masks, train_set, clips, progress=progress and runtime.is_main)
+    refit_model = None  # the re-fit's encoder: a physically trimmed copy, built when the re-fit starts
+    val_indices = validation_indices(cfg, len(valid_set))
+    key = fingerprint(exp, extra)
+
+    state = {"step": 0, "best": None, "history": [], "seconds": 0.0}
+    checkpoint_path = run_dir / "checkpoint.pt"
+    print_ = tqdm.write if progress and runtime.is_main else (lambda *_: None)
+    if checkpoint_path.exists():
+        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if saved["fingerprint"] == key:
+            missing = learner.load_state_dict(saved["learner"], strict=False).missing_keys
+            if any(not k.startswith("model.backbone.") for k in missing) or (learner.train_encoder and missing):
+                raise RuntimeError(f"{checkpoint_path} lacks {missing[:5]}: delete it to start over")
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            sampler.set_state(saved["sampler"])
+            torch.set_rng_state(saved["torch_rng"])
+            state = saved["state"]
+            print_(f"resuming {exp.name} from step {state['step']} ({checkpoint_path})")
+        else:
+            print_(f"{checkpoint_path} was made with other settings: starting {exp.name} from step 0")
+
+    def snapshot() -> dict:
+        kept = modulations.kept_units() if modulations is not None else None
+        return {"head": _state(model.head), "head_config": model.head.config,
+                "modulation_kind": modulations.kind if modulations is not None else None,
+                "modulations": _state(modulations), "architecture": architecture,
+                "encoder": _state(model.backbone) if learner.train_encoder else None,
+                "kept_units": {k: v.tolist() for k, v in kept.items()} if kept is not None else None}
+
+    # selection from select_after of the mask training on (the ramp's end, by default), never in the warm-up
+    select_from = schedule.mask_start + math.floor(cfg.select_after * mask_steps)
+    started = time.perf_counter() - state["seconds"]
+    bar = tqdm(range(state["step"], steps), initial=state["step"], total=steps, desc=exp.name,
+               disable=not (progress and runtime.is_main))
+    learner.train()
+    for step in bar:
+        phase = schedule.phase(step)
+        if step == schedule.mask_start and recipe is not None and recipe.init == "importance":
+            _importance_init(exp, learner, masks, train_set, ttype, runtime, control.count)  # needs sparsity.ratio
+        if control is not None and phase == "masks":
+            control.update(step)
+        if phase == "refit" and refit_model is None:
+            if control is not None:  # the masks freeze at the target, wherever the last update left them
+                control.update(schedule.refit_start, force=True)
+            refit_model = _trimmed_twin(exp, model, masks, architecture, runtime)
+        batch = _draw(sampler, len(train_set), cfg.batch_size)
+        shard = distributed.shard(batch, runtime)
+        audio, lengths, targets = ttype.collate(train_set, shard)
+        audio, targets = audio.to(runtime.device), to_device(targets, runtime.device)
+        d_loss = None
+        with distributed.autocast(runtime):
+            if phase == "head":
+                outputs = wrapped(audio, lengths, features=teacher(shard))
+            elif phase == "refit":
+                with torch.no_grad():
+                    features = refit_model.features(audio, lengths)
+                outputs = wrapped(audio, lengths, features=features)
+            elif recipe is not None and recipe.distill:
+                outputs, features = wrapped(audio, lengths, return_features=True)
+                d_loss = distillation_loss(features, teacher(shard))
+            else:
+                outputs = wrapped(audio, lengths)
+            task_loss = ttype.loss(outputs, targets)
+            loss, s_loss = task_loss, torch.zeros(())
+            if masks is not None and exp.sparsity.lambda_ > 0 and phase == "masks":
+                s_loss = sparsity_loss(exp.sparsity.loss, masks.logits(), exp.sparsity.t)
+                loss = task_loss + exp.sparsity.lambda_ * s_loss
+            if d_loss is not None:
+                loss = loss + recipe.distill * d_loss
+            penalty = modulations.penalty(step - schedule.mask_start) if modulations is not None else None
+            if penalty is not None:  # a set's own constraint (HardConcrete's Lagrangian on the expected size)
+                s_loss = penalty
+                loss = loss + penalty
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        state["step"] = done = step + 1
+
+        # no validation in a head warm-up: selection never looks there, and the masks have not moved
+        if (done % cfg.eval_every == 0 or done == steps) and phase != "head":
+            if control is not None and phase == "masks":
+                control.update(done, force=True)
+            learner.eval()
+            with distributed.autocast(runtime):
+                outputs = predict(refit_model or model, valid_set, 32, val_indices)
+            metrics = ttype.score(outputs, valid_set, val_indices)
+            learner.train()
+            kept = modulations.kept_units() if modulations is not None else None
+            row = {"step": done, "loss": loss.item(), "task_loss": task_loss.item(),
+                   "sparsity_loss": s_loss.item(), "val_metric": metrics[ttype.primary],
+                   "trim_ratio": trimming_ratio(model.backbone, kept) if kept is not None else 0.0,
+                   "kept_units": sum(len(v) for v in kept.values()) if kept is not None else None}
+            if recipe is not None:  # the paper-faithful history keeps its columns
+                row.update(phase=phase, distill_loss=d_loss.item() if d_loss is not None else None)
+            state["history"].append(row)
+            bar.set_postfix(val=f"{row['val_metric']:.3f}", trim=f"{row['trim_ratio']:.2f}")
+            if done >= select_from and ttype.better(row["val_metric"], (state["best"] or {}).get("val_metric")):
+                state["best"] = row
+                if runtime.is_main:
+                    _save({**snapshot(), "row": row}, run_dir / "best.pt")
+            if runtime.is_main:  # every validation: a run can be followed while it trains (dvc plots, a notebook)
+                _write_history(state["history"], run_dir / "history.csv")
+        if (done % cfg.checkpoint_every == 0 or done == steps) and runtime.is_main:
+            state["seconds"] = time.perf_counter() - started
+            _save({"fingerprint": key, "learner": _trainable_state(learner), "optimizer": optimizer.state_dict(),
+                   "scheduler": scheduler.state_dict(), "sampler": sampler.get_state(),
+                   "torch_rng": torch.get_rng_state(), "state": state}, checkpoint_path)
+        if on_step is not None:
+            on_step(done)
+    learner.eval()
+
+    summary = {"experiment": exp.name, "method": exp.method, "task_type": type_name, "metric": ttype.primary,
+               "steps": steps, "train_seconds": round(time.perf_counter() - started, 1), "selected": state["best"],
+               "target_ratio": exp.target_ratio, "world_size": runtime.world_size, "device": str(runtime.device),
+               "fingerprint": key}
+    if runtime.is_main:
+        _write_history(state["history"], run_dir / "history.csv")
+        write_json(run_dir / "summary.json", summary)
+    distributed.barrier(runtime)
+    return summary
+
+
+def validation_indices(cfg, n: int) -> list[int]:
+    """The validation clips every validation of a run scores: train.val_examples of the n, drawn once by seed."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[:cfg.val_examples].tolist()
+
+
+def _draw(sampler: torch.Generator, n: int, batch_size: int) -> list[int]:
+    """The clip indices of one training batch (drawn with replacement)."""
+    return torch.randint(n, (batch_size,), generator=sampler).tolist()
+
+
+def _trimmed_twin(exp, model: TaskModel, masks: MaskSet, architecture: dict, runtime) -> TaskModel:
+    """The model with the units the (frozen) masks drop physically removed, sharing `model`'s head: what a
+    re-fit and its validations run, at the trimmed model's cost (tests/trimming.py: same outputs)."""
+    kept = {name: units.tolist() for name, units in masks.kept_units().items()}
+    encoder = build_encoder(exp, {**architecture, "kept_units": kept}).to(runtime.device)
+    return type(model)(encoder, model.head)  # the head keeps the mode the loop gives it; the encoder is in eval
+
+
+def _importance_init(exp, learner: Learner, masks: MaskSet, train_set, ttype, runtime, count) -> None:
+    """The recipe's `init: importance`: mask logits from each unit's gradient importance per parameter
+    (kwyn.recipe.importance_logits), on batches of their own so that the training batches stay as they were."""
+    drawn = torch.Generator().manual_seed(exp.train.seed + 3)
+    batches = []
+    for _ in range(exp.recipe.init_batches):
+        audio, lengths, targets = ttype.collate(train_set, distributed.shard(_draw(drawn, len(train_set),
+                                                                                 exp.train.batch_size), runtime))
+        batches.append((audio.to(runtime.device), lengths, to_device(targets, runtime.device)))
+    importance = gradient_importance(learner, masks, batches, ttype.loss)
+    if runtime.distributed:  # each rank saw its shard of every batch: every rank must start from the same logits
+        importance = importance.to(runtime.device)
+        torch.distributed.all_reduce(importance)
+        importance = importance.cpu()
+    logits = importance_logits(importance, unit_costs(count, masks),
+                               exp.train.mask_init)
+    with torch.no_grad():
+        for mask, part in zip(masks.values(), logits.split([m.logits.numel() for m in masks.values()])):
+            mask.logits.copy_(part.to(mask.logits.device))
+
+
+def _trainable_state(learner: Learner) -> dict:
+    """The learner's state without a frozen encoder's weights, which the run does not change."""
+    return {k: v for k, v in _state(learner).items() if learner.train_encoder or not k.startswith("model.backbone.")}
+
+
+def to_device(targets, device):
+    if isinstance(targets, torch.Tensor):
+        return targets.to(device)
+    if isinstance(targets, (tuple, list)):
+        return type(targets)(to_device(t, device) for t in targets)
+    return targets
+
+
+def _write_history(rows: list[dict], path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)) or [
+            "step", "loss", "task_loss", "sparsity_loss", "val_metric", "trim_ratio", "kept_units"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
