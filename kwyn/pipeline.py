@@ -84,7 +84,7 @@ def prepare(dataset: str) -> dict:
         tasks = [t for t in p.TASKS if p.refusal(t) is None]
         return {"rendered": rendered, "prepared": prepare_spoken_commands(raw, out, tasks=tasks, **prep)}
     if p.kind == "custom":
-        data = load_custom(root() / p.path, name=dataset)
+        data = load_custom(root() / p.path, name=dataset, split_shares=p.split_shares, split_seed=p.split_seed)
     else:  # a benchmark
         where = root() / p.root if p.root else raw
         if p.download:

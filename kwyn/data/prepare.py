@@ -33,11 +33,18 @@ TASK_KINDS = ("label", "multilabel", "text")
 SILENCE_PEAK = 1e-4  # -80 dBFS: below one step of 8-bit audio, above float rounding noise
 
 
+def fit_clip(x: torch.Tensor, length: int, offset: int) -> tuple[torch.Tensor, int]:
+    """(the clip a model sees of decoded audio x: `length` samples from `offset`, zero-padded at the end;
+    the samples of audio after offset, before padding). The one place where a clip is cut: preparation
+    and kwyn.inference (a trimmed model's predict) both call it."""
+    return crop_or_pad(x, length, offset), max(0, x.shape[-1] - offset)
+
+
 def _decode(example: Example, sample_rate: int, length: int, offset: int):
     """(clip [length], samples of audio after offset) or the BadAudioError."""
     try:
-        x = read_audio(example.path, sample_rate)
-        return crop_or_pad(x, length, offset).numpy(), max(0, x.shape[-1] - offset)
+        clip, available = fit_clip(read_audio(example.path, sample_rate), length, offset)
+        return clip.numpy(), available
     except BadAudioError as e:
         return e  # handed back, so the caller decides in example order (deterministic)
 
