@@ -108,7 +108,8 @@ def train(name: str, **kwargs) -> dict:
 def trim(name: str) -> dict:
     from kwyn import evaluate as _evaluate
 
-    return _evaluate.trim_run(experiment(name), run_dir(name), model_dir(name))
+    exp = experiment(name)
+    return _evaluate.trim_run(exp, run_dir(name), model_dir(name), data_dir(exp.dataset) / "prepared")
 
 
 def evaluate(name: str, progress: bool = True) -> dict:

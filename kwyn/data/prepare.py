@@ -189,7 +189,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             raise KeyError(f"task {task!r} not in {self.root / 'meta.json'}; known: {sorted(meta['tasks'])}")
         self.classes = list(meta["tasks"][task])
         self.num_classes = len(self.classes)
-        self.sample_rate = meta["sample_rate"]
+        self.sample_rate, self.clip_seconds = meta["sample_rate"], meta["clip_seconds"]
         self.kind = meta.get("task_kinds", {}).get(task, "label")
         with open(self.root / f"{split}.csv", newline="") as f:
             rows = list(csv.DictReader(f))
