@@ -24,8 +24,12 @@ def _line(source: str, prediction: dict) -> str:
 def predict(model_dir: str, files: list[str]) -> int:
     import kwyn
 
-    model = kwyn.load_trimmed(model_dir)
-    for source, prediction in zip(files, model.predict(files)):
+    try:
+        predictions = kwyn.load_trimmed(model_dir).predict(files)
+    except (FileNotFoundError, ValueError) as error:  # a model or file that cannot serve: the message, no traceback
+        print(f"python -m kwyn predict: error: {error}", file=sys.stderr)
+        return 1
+    for source, prediction in zip(files, predictions):
         print(_line(source, prediction))
     return 0
 

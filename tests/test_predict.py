@@ -99,7 +99,7 @@ def _paths(project, split):
     return [row.split(",")[1] for row in rows]
 
 
-def test_command_line_prints_file_label_score(project):
+def test_command_line_prints_file_label_score(project, capsys):
     files = [str(project / p) for p in _paths(project, "test")]
     out = subprocess.run([sys.executable, "-m", "kwyn", "predict", str(project / "models" / "tones_base"), *files],
                          check=True, capture_output=True, text=True, cwd=project).stdout
@@ -107,6 +107,10 @@ def test_command_line_prints_file_label_score(project):
     lines = [line.split("\t") for line in out.splitlines()]
     assert [line[:2] for line in lines] == [[f, p["label"]] for f, p in zip(files, expected)]
     assert [float(line[2]) for line in lines] == pytest.approx([p["score"] for p in expected], abs=1e-4)
+    from kwyn.__main__ import main
+
+    assert main(["predict", str(project / "models" / "tones_base"), str(project / "gone.wav")]) == 1
+    assert "gone.wav: no such file" in capsys.readouterr().err
 
 
 def test_export_command_hands_its_arguments_to_kwyn_export(monkeypatch):
