@@ -32,7 +32,7 @@ TAG_THRESHOLD = 0.5  # a tag is predicted when its sigmoid score is above this
 SETTINGS = ("task_type", "sample_rate", "clip_seconds", "offset_seconds")  # + "labels" unless ASR
 
 
-def settings(model) -> dict:
+def inference_settings(model) -> dict:
     """config.json's "inference" block of a model rebuilt by kwyn.load_trimmed, or a ValueError naming what is
     missing and how to get it."""
     config = getattr(model, "config", None)
@@ -93,7 +93,7 @@ def _audio(item, index: int, sample_rate: int) -> tuple[str, torch.Tensor]:
 
 def predict_audio(model, inputs, batch_size: int = 32) -> list[dict]:
     """Predictions (module doc) of a model rebuilt by kwyn.load_trimmed for file paths or 1-D arrays at its rate."""
-    s = settings(model)
+    s = inference_settings(model)
     rate = s["sample_rate"]
     length, offset = round(s["clip_seconds"] * rate), round(s["offset_seconds"] * rate)
     clips, valid = [], []

@@ -203,9 +203,10 @@ def test_pipeline_prepares_class_folders_with_the_params_split(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     prepared = pipeline.prepare("pets")["prepared"]
     assert {s: prepared[s]["written"] for s in ("train", "valid", "test")} == {"train": 4, "valid": 2, "test": 2}
-    rows = list(csv.DictReader(open(tmp_path / "data" / "pets" / "prepared" / "valid.csv")))
+    rows = list(csv.DictReader((tmp_path / "data" / "pets" / "prepared" / "valid.csv").read_text().splitlines()))
     expected = load_folder(tmp_path / "mine", split_shares=(0.5, 0.25, 0.25), split_seed=3).splits["valid"]
-    assert [r["path"] for r in rows] == [f"mine/{e.path.parent.name}/{e.path.name}" for e in expected]  # project-relative
+    # the drawn split, its files named relative to the project root
+    assert [r["path"] for r in rows] == [f"mine/{e.path.parent.name}/{e.path.name}" for e in expected]
     raw["datasets"]["pets"]["split_shares"] = [0.5, 0.5, 0.0]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match=r"datasets.pets.split_shares: split_shares must be three positive shares"):
