@@ -19,18 +19,21 @@ from kwyn.model import max_abs_diff, predict, task_model
 from kwyn.methods import method_of
 from kwyn.params import ResolvedExperiment
 from kwyn.runs import build_encoder, frozen_backbone, load_trained, round_dirs
-from kwyn.trim import load_trimmed, save_trimmed, trim_model
+from kwyn.trim import inference_config, load_trimmed, save_trimmed, trim_model
 
 
-def trim_run(exp: ResolvedExperiment, run_dir: str | Path, out_dir: str | Path) -> dict:
+def trim_run(exp: ResolvedExperiment, run_dir: str | Path, out_dir: str | Path,
+             data_root: str | Path | None = None) -> dict:
     """Physically remove the units the run switched off (masks) or never had (scratch, convexity's
     dropped layers); save the smaller model. A method that trains in rounds (lottery): the last round at
-    out_dir, every round under out_dir/rounds/<round>."""
+    out_dir, every round under out_dir/rounds/<round>. data_root: the run's prepared dataset, whose labels,
+    sample rate and clip length are saved with the model for its predict() (without it, the model gives
+    logits only)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not method_of(exp).in_rounds:
-        return _trim_one(exp, run_dir, out_dir)
+        return _trim_one(exp, run_dir, out_dir, data_root)
     rounds_run = round_dirs(run_dir)
-    rounds = [_trim_one(exp, r, out_dir / "rounds" / r.name) for r in rounds_run]
+    rounds = [_trim_one(exp, r, out_dir / "rounds" / r.name, data_root) for r in rounds_run]
     # the top-level best.pt is a copy of the last round's (kwyn.runs.copy_selected): so is its model
     for f in (out_dir / "rounds" / rounds_run[-1].name).iterdir():
         if f.is_file():
@@ -39,7 +42,7 @@ def trim_run(exp: ResolvedExperiment, run_dir: str | Path, out_dir: str | Path) 
     return {**rounds[-1], "rounds": rounds}
 
 
-def _trim_one(exp: ResolvedExperiment, run_dir: Path, out_dir: Path) -> dict:
+def _trim_one(exp: ResolvedExperiment, run_dir: Path, out_dir: Path, data_root: str | Path | None = None) -> dict:
     model, modulations, best = load_trained(exp, run_dir)
     architecture = best["architecture"]
     # a fresh encoder without hooks: trimming must not inherit the modulations' forward hooks
@@ -68,8 +71,9 @@ def _trim_one(exp: ResolvedExperiment, run_dir: Path, out_dir: Path) -> dict:
                 "method": exp.method, "source": exp.source, "target_ratio": exp.target_ratio,
                 "selected_step": best["row"]["step"], "layers": architecture.get("layers"),
                 "trim_ratio": 1 - profile.param_count(plain) / profile.param_count(full)}
+    inference = inference_config(data_root, exp.task, exp.dataset_params.offset_seconds) if data_root else None
     save_trimmed(trimmed, kept, sites, out_dir, metadata, base_config=base_config,
-                 modulations=modulations.kind if kept_modulations else None)
+                 modulations=modulations.kind if kept_modulations else None, inference=inference)
     return metadata
 
 

@@ -29,6 +29,13 @@ class TaskModel(nn.Module):
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None):
         return self.apply_head(self.features(audio, lengths))
 
+    def predict(self, inputs, batch_size: int = 32) -> list[dict]:
+        """Label and scores (ASR: text) per audio file or 1-D array at the model's rate (kwyn.inference),
+        for a model rebuilt by kwyn.load_trimmed: its config says what it was trained on."""
+        from kwyn.inference import predict_audio  # here: the pipeline's stages never load it (dvc.yaml deps)
+
+        return predict_audio(self, inputs, batch_size)
+
 
 class AsrModel(TaskModel):
     """Backbone frame sequence -> BiLSTMCTCHead; forward -> (log-probs (B, T, C), valid frames (B,))."""

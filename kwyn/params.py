@@ -183,12 +183,24 @@ class LibriSpeech(_Benchmark):
 
 
 class Custom(_Preparation):
-    """Bring your own data (kwyn.data.custom): `path` is a folder root/<split>/<class>/<file> (task label)
-    or a CSV with path, split and label (task label) or labels (";"-separated: task labels, tagging)
-    or transcript (task transcript, ASR)."""
+    """Bring your own data (kwyn.data.custom): `path` is a folder root/<split>/<class>/<file> or
+    root/<class>/<file> (task label), a folder with an audiofolder metadata.csv, or a CSV with path (or
+    file_name), an optional split and label (task label) or labels (";"-separated: task labels, tagging)
+    or transcript/transcription (task transcript, ASR). Data without a split (no split folders, no split
+    column) is split by split_shares (train, valid, test) with split_seed: per class for labels, by row
+    for transcripts and multi-label rows; both keys are ignored when the data brings its split."""
     TASKS: ClassVar[dict[str, str]] = {"label": "classification", "labels": "tagging", "transcript": "asr"}
     kind: Literal["custom"]
     path: str  # relative paths are relative to the project root
+    split_shares: tuple[float, float, float] = (0.8, 0.1, 0.1)  # = kwyn.data.custom.SPLIT_SHARES (tested)
+    split_seed: int = 0
+
+    @field_validator("split_shares")
+    @classmethod
+    def _shares(cls, shares):
+        from kwyn.data.custom import check_shares
+
+        return check_shares(shares)
 
 
 DATASET_KINDS = {cls.model_fields["kind"].annotation.__args__[0]: cls for cls in (

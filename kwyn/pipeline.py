@@ -86,7 +86,7 @@ def prepare(dataset: str) -> dict:
         tasks = [t for t in p.TASKS if p.refusal(t) is None]
         return {"rendered": rendered, "prepared": prepare_spoken_commands(raw, out, tasks=tasks, **prep)}
     if p.kind == "custom":
-        data = load_custom(root() / p.path, name=dataset)
+        data = load_custom(root() / p.path, name=dataset, split_shares=p.split_shares, split_seed=p.split_seed)
     else:  # a benchmark
         where = root() / p.root if p.root else raw
         if p.download:
@@ -110,7 +110,8 @@ def train(name: str, **kwargs) -> dict:
 def trim(name: str) -> dict:
     from kwyn import evaluate as _evaluate
 
-    return _evaluate.trim_run(experiment(name), run_dir(name), model_dir(name))
+    exp = experiment(name)
+    return _evaluate.trim_run(exp, run_dir(name), model_dir(name), data_dir(exp.dataset) / "prepared")
 
 
 def evaluate(name: str, progress: bool = True) -> dict:

@@ -141,6 +141,11 @@ def test_librispeech_trains_trims_and_evaluates_by_wer(tmp_path, monkeypatch):
 
     model = load_trimmed(root / "models" / "asr_kwyn")  # rebuilt from its config, vocabulary included
     assert model.vocabulary.chars == list(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    assert model.config["inference"] == {"task_type": "asr", "sample_rate": 16000, "clip_seconds": 1.5,
+                                         "offset_seconds": 0.0}  # the vocabulary is the head's
+    (utterance,) = sorted((root / "libri").rglob("test-clean/**/*.flac"))[:1]
+    (prediction,) = model.predict([utterance])  # a file, decoded greedily over the head's characters
+    assert set(prediction) == {"text"} and set(prediction["text"]) <= set(model.vocabulary.chars)
 
     base = {**result, "experiment": "asr_base", "method": "base", "test": {**result["test"], "wer": 0.9}}
     trimmed = {**result, "test": {**result["test"], "wer": 0.6}}

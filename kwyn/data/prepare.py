@@ -33,11 +33,18 @@ TASK_KINDS = ("label", "multilabel", "text")
 SILENCE_PEAK = 1e-4  # -80 dBFS: below one step of 8-bit audio, above float rounding noise
 
 
+def fit_clip(x: torch.Tensor, length: int, offset: int) -> tuple[torch.Tensor, int]:
+    """(the clip a model sees of decoded audio x: `length` samples from `offset`, zero-padded at the end;
+    the samples of audio after offset, before padding). The one place where a clip is cut: preparation
+    and kwyn.inference (a trimmed model's predict) both call it."""
+    return crop_or_pad(x, length, offset), max(0, x.shape[-1] - offset)
+
+
 def _decode(example: Example, sample_rate: int, length: int, offset: int):
     """(clip [length], samples of audio after offset) or the BadAudioError."""
     try:
-        x = read_audio(example.path, sample_rate)
-        return crop_or_pad(x, length, offset).numpy(), max(0, x.shape[-1] - offset)
+        clip, available = fit_clip(read_audio(example.path, sample_rate), length, offset)
+        return clip.numpy(), available
     except BadAudioError as e:
         return e  # handed back, so the caller decides in example order (deterministic)
 
@@ -182,7 +189,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             raise KeyError(f"task {task!r} not in {self.root / 'meta.json'}; known: {sorted(meta['tasks'])}")
         self.classes = list(meta["tasks"][task])
         self.num_classes = len(self.classes)
-        self.sample_rate = meta["sample_rate"]
+        self.sample_rate, self.clip_seconds = meta["sample_rate"], meta["clip_seconds"]
         self.kind = meta.get("task_kinds", {}).get(task, "label")
         with open(self.root / f"{split}.csv", newline="") as f:
             rows = list(csv.DictReader(f))
