@@ -31,6 +31,7 @@ from torch import nn
 from kwyn.sites import MaskSite, SiteModulation, SiteModulationSet
 
 STRETCH = (-0.1, 1.1)  # (l, r): the stretched interval, clipped to [0, 1] (Louizos et al.)
+ELIGIBLE_BELOW_TARGET = 0.02  # a checkpoint is selectable once it removes at least target - this
 
 
 class HardConcreteGate(SiteModulation):
@@ -109,6 +110,11 @@ class HardConcreteSet(SiteModulationSet):
 
     def kept_units(self) -> dict[str, torch.Tensor]:
         return {name: gate.kept() for name, gate in self.by_site().items()}
+
+    def eligible(self, trim_ratio: float) -> bool:
+        # the Lagrangian reaches the target late and from below: select among models at it (2 points, as
+        # ratio control lands), not a denser one that scores better
+        return self._count is None or trim_ratio >= self._target - ELIGIBLE_BELOW_TARGET
 
     def param_groups(self, train) -> list[dict]:
         lr = self._lr if self._count is not None else train.mask_lr

@@ -242,7 +242,10 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
                 row.update(phase=phase, distill_loss=d_loss.item() if d_loss is not None else None)
             state["history"].append(row)
             bar.set_postfix(val=f"{row['val_metric']:.3f}", trim=f"{row['trim_ratio']:.2f}")
-            if done >= select_from and ttype.better(row["val_metric"], (state["best"] or {}).get("val_metric")):
+            eligible = modulations is None or modulations.eligible(row["trim_ratio"])
+            last = done == steps and state["best"] is None  # a run always ends with a model, eligible or not
+            if (done >= select_from and eligible and ttype.better(row["val_metric"], (state["best"] or {}).get(
+                    "val_metric"))) or last:
                 state["best"] = row
                 if runtime.is_main:
                     _save({**snapshot(), "row": row}, run_dir / "best.pt")

@@ -129,6 +129,11 @@ class SiteModulationSet(nn.ModuleDict):
         """The optimizer groups of what this set learns, at the run's `train` settings."""
         return []
 
+    def eligible(self, trim_ratio: float) -> bool:
+        """Whether a validation at this achieved ratio may be selected as the run's model (HardConcrete: only once
+        it removes what was asked, so that a run is compared at its target)."""
+        return True
+
     def penalty(self, step: int) -> torch.Tensor | None:
         """A loss term the set adds at `step` of the mask training (HardConcrete's Lagrangian), or None."""
         return None
