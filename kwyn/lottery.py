@@ -87,14 +87,6 @@ class FixedMaskSet(SiteModulationSet):
     def kept_units(self) -> dict[str, torch.Tensor]:
         return {name: mask.kept() for name, mask in self.by_site().items()}
 
-    @property
-    def total_units(self) -> int:
-        return sum(m.site.units for m in self.values())
-
-    @property
-    def kept_count(self) -> int:
-        return sum(int(m.kept().numel()) for m in self.values())
-
 
 # -- unit scores -----------------------------------------------------------------------------
 def magnitude_scores(backbone: nn.Module, sites: list[MaskSite] | None = None,

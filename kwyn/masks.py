@@ -90,14 +90,6 @@ class MaskSet(SiteModulationSet):
         for mask in self.values():
             mask.threshold.fill_(threshold)
 
-    @property
-    def total_units(self) -> int:
-        return sum(m.logits.numel() for m in self.values())
-
-    @property
-    def kept_count(self) -> int:
-        return sum(int(m.kept().numel()) for m in self.values())
-
 
 def paper_sparsity_loss(logits: list[torch.Tensor], t: float) -> torch.Tensor:
     """L_S = sum_i ||sigmoid(m_i - t)||_2 / N, N the total number of units (paper, eq. in II.D)."""

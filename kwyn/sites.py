@@ -125,6 +125,15 @@ class SiteModulationSet(nn.ModuleDict):
         """{site: indices of the units kept}; None for a set that removes nothing."""
         return None
 
+    @property
+    def total_units(self) -> int:
+        return sum(m.site.units for m in self.values())
+
+    @property
+    def kept_count(self) -> int:
+        kept = self.kept_units()
+        return self.total_units if kept is None else sum(len(units) for units in kept.values())
+
     def param_groups(self, train) -> list[dict]:
         """The optimizer groups of what this set learns, at the run's `train` settings."""
         return []
