@@ -14,11 +14,13 @@ FLOPs ratio (kwyn.profile), sizes (parameters x 4 bytes; ONNX files on disk).
 
     python benchmarks/onnx_speed.py --backbone crepe-full --input-seconds 0.064 --ratios 0.5 0.75 \
         --json benchmarks/results/onnx_speed_crepe-full.json
+    python benchmarks/onnx_speed.py --report benchmarks/results/onnx_speed.md benchmarks/results/onnx_speed_*.json
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
@@ -54,7 +56,33 @@ def models_from_dirs(dirs: list[str]) -> dict[str, TaskModel]:
     return {**models, **trimmed}
 
 
+COLUMNS = [("backbone", "model"), ("removed", "removed"), ("flops_ratio", "FLOPs ratio"),
+           ("torch_ms", "PyTorch ms"), ("ort_ms", "ORT ms"), ("ort_int8_ms", "ORT int8 ms"),
+           ("torch_speedup", "speed-up PyTorch"), ("ort_speedup", "speed-up ORT"),
+           ("ort_int8_speedup", "speed-up ORT int8"), ("ort_vs_torch", "ORT / PyTorch"),
+           ("size_mb", "MB (fp32 params)"), ("onnx_mb", "ONNX MB"), ("onnx_int8_mb", "ONNX int8 MB")]
+
+
+def report(out: str, json_files: list[str]) -> str:
+    """The markdown table of onnx_speed JSON files (one row per model), written to `out`."""
+    import json
+
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for path in json_files:
+        for row in json.loads(Path(path).read_text()):
+            cells = [f"{row['backbone']} {row['model']} ({row['input_seconds']:g} s)"]
+            cells += [f"{100 * row['removed']:.1f} %"] + [f"{row[key]:g}" for key, _ in COLUMNS[2:]]
+            lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    Path(out).write_text(text)
+    return text
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--report":
+        print(report(argv[1], argv[2:]))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--backbone", help="a registered backbone, trimmed at --ratios by random masks")

@@ -26,8 +26,9 @@ int8: ONNX Runtime's dynamic quantisation (weights int8, activations quantised o
 the exported graph's MatMul and Gemm nodes (Linear layers). torch's own
 `torch.ao.quantization.quantize_dynamic` still runs in torch 2.14 but warns that it is deprecated
 and to be removed, and an int8 PyTorch model could not be exported anyway; the ONNX route is the
-one that deploys. Conv layers stay float: ONNX Runtime's dynamic ConvInteger is slower than its
-float Conv on CPU (benchmarks/onnx_speed.py measures both for CREPE).
+one that deploys. Conv layers stay float by default: adding "Conv" to `op_types` fails on CREPE's
+graph (ONNX Runtime's quantiser wants conv weights as initializers; CREPE's are squeezed from
+its Conv2d weights inside the graph), and dynamic ConvInteger is not what ONNX Runtime optimises.
 
     python -m kwyn export models/crepe_pitch_kwyn_50 --onnx            # -> models/crepe_pitch_kwyn_50.onnx
     python -m kwyn export models/crepe_pitch_kwyn_50 --onnx --int8     # also ...kwyn_50.int8.onnx
