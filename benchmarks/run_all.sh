@@ -14,3 +14,8 @@ for b in whisper-tiny-encoder wav2vec2-base musicfm clap-cnn14; do
   python benchmarks/train_step.py --backbone $b --input-seconds 1 --batch 4 --repeats 5 --warmup 1 --json $out/train_step_$b.json
 done
 python benchmarks/stage_overheads.py --repeats 5 --json $out/stage_overheads.json
+for spec in "crepe-full 0.064" "whisper-tiny-encoder 1"; do
+  set -- $spec
+  python benchmarks/onnx_speed.py --backbone $1 --pretrained --input-seconds $2 --ratios 0.5 0.75 --repeats 30 --json $out/onnx_speed_$1.json
+done
+python benchmarks/onnx_speed.py --report $out/onnx_speed.md $out/onnx_speed_crepe-full.json $out/onnx_speed_whisper-tiny-encoder.json

@@ -28,8 +28,9 @@ channel (conv_block{i}.conv2, conv_block{i+1}.conv1, or fc1's input column) is e
 normalises mel bins, not channels: no site. A block left with no channel still runs (zero-width
 convs and BatchNorm from kwyn.prune, zero-width pooling here; fc1 then outputs ReLU(bias)).
 
-Weights (`from_pretrained(checkpoint, kind=...)`), unverified against the real files here (no
-network); the prefixes are read from the two code bases:
+Weights (`from_pretrained(checkpoint, kind=...)`); the prefixes are read from the two code bases,
+and the mapping gives the upstream model classes' outputs on random weights (tests/test_upstream.py);
+unverified against the released files themselves (no network here):
 - msclap: `CLAP_weights_2022.pth` of the hub repo `microsoft/msclap` (downloaded through
   huggingface_hub when checkpoint is None). msclap loads `torch.load(f)["model"]` into its CLAP
   class, so `audio_encoder.base.*` -> the encoder, `audio_encoder.projection.*` -> projection.

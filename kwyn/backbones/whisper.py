@@ -105,7 +105,9 @@ class WhisperEncoderBackbone(Backbone):
         """
         if audio.dim() != 2:
             raise ValueError(f"expected audio of shape (batch, samples), got {tuple(audio.shape)}")
-        frames = -(-audio.shape[1] // HOP)
+        # ceil as (n + HOP - 1) // HOP, not -(-n // HOP): the ONNX export of a floor division of a negative
+        # symbolic length truncates toward zero, which lost a frame (tests/test_export.py)
+        frames = (audio.shape[1] + HOP - 1) // HOP
         frames += frames % 2
         if frames > 2 * self.config["max_source_positions"]:
             raise ValueError(f"clip of {audio.shape[1] / self.sample_rate:.1f} s is longer than this "

@@ -1,0 +1,145 @@
+"""PyTorch vs ONNX Runtime latency of a full and trimmed encoders (+ head), and the int8 ONNX models.
+
+Models: a backbone trimmed by uniformly random masks at --ratios (as benchmarks/speedup.py: each
+site keeps the same random share of its units, found by bisection on the exact parameter count),
+or the trimmed models of --models models/<exp> ... (each compared with its full backbone, random
+weights of the same architecture). Every model gets an MLP head (random weights; 10 classes) and
+is exported with kwyn.export (checked against PyTorch within 1e-4); the int8 model is its
+ONNX Runtime dynamic quantisation (Linear layers; --int8-ops to add Conv).
+
+Per model: PyTorch latency, ONNX Runtime fp32 and int8 latency (medians over --repeats after
+--warmup, batch 1, --threads threads; the PyTorch models alternated run by run, then the ONNX
+sessions likewise, all in one process), speed-ups against the full model in the same runtime,
+FLOPs ratio (kwyn.profile), sizes (parameters x 4 bytes; ONNX files on disk).
+
+    python benchmarks/onnx_speed.py --backbone crepe-full --input-seconds 0.064 --ratios 0.5 0.75 \
+        --json benchmarks/results/onnx_speed_crepe-full.json
+    python benchmarks/onnx_speed.py --report benchmarks/results/onnx_speed.md benchmarks/results/onnx_speed_*.json
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from kwyn import export, profile
+from kwyn.backbones import build_backbone, load_backbone
+from kwyn.heads import MLPHead
+from kwyn.io import write_json
+from kwyn.model import TaskModel
+from kwyn.trim import load_trimmed, trim_model
+
+from speedup import keep_for_ratio  # the masks of benchmarks/speedup.py (benchmarks/ is on sys.path as a script)
+
+
+def with_head(backbone, classes: int = 10) -> TaskModel:
+    return TaskModel(backbone.requires_grad_(False), MLPHead(backbone.embedding_dim, classes)).eval()
+
+
+def models_from_ratios(name: str, ratios: list[float], seed: int, pretrained: bool) -> dict[str, TaskModel]:
+    full = load_backbone(name, pretrained=pretrained)
+    models = {"full": with_head(full)}
+    for ratio in ratios:
+        trimmed = trim_model(load_backbone(name, pretrained=pretrained), keep_for_ratio(full, ratio, seed))
+        models[f"{ratio:g}"] = with_head(trimmed)
+    return models
+
+
+def models_from_dirs(dirs: list[str]) -> dict[str, TaskModel]:
+    trimmed = {Path(d).name: load_trimmed(d) for d in dirs}
+    first = next(iter(trimmed.values()))
+    models = {"full": TaskModel(build_backbone(first.config["backbone"]), first.head).eval()}
+    return {**models, **trimmed}
+
+
+COLUMNS = [("backbone", "model"), ("removed", "removed"), ("flops_ratio", "FLOPs ratio"),
+           ("torch_ms", "PyTorch ms"), ("ort_ms", "ORT ms"), ("ort_int8_ms", "ORT int8 ms"),
+           ("torch_speedup", "speed-up PyTorch"), ("ort_speedup", "speed-up ORT"),
+           ("ort_int8_speedup", "speed-up ORT int8"), ("ort_vs_torch", "ORT / PyTorch"),
+           ("size_mb", "MB (fp32 params)"), ("onnx_mb", "ONNX MB"), ("onnx_int8_mb", "ONNX int8 MB")]
+
+
+def report(out: str, json_files: list[str]) -> str:
+    """The markdown table of onnx_speed JSON files (one row per model), written to `out`."""
+    import json
+
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for path in json_files:
+        for row in json.loads(Path(path).read_text()):
+            cells = [f"{row['backbone']} {row['model']} ({row['input_seconds']:g} s)"]
+            cells += [f"{100 * row['removed']:.1f} %"] + [f"{row[key]:g}" for key, _ in COLUMNS[2:]]
+            lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    Path(out).write_text(text)
+    return text
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--report":
+        print(report(argv[1], argv[2:]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--backbone", help="a registered backbone, trimmed at --ratios by random masks")
+    source.add_argument("--models", nargs="+", help="trimmed model directories (models/<exp>) of one backbone")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.75])
+    parser.add_argument("--input-seconds", type=float, required=True)
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrained", action="store_true")
+    parser.add_argument("--int8-ops", nargs="+", default=list(export.INT8_OPS))
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    models = (models_from_ratios(args.backbone, args.ratios, args.seed, args.pretrained) if args.backbone
+              else models_from_dirs(args.models))
+    name = args.backbone or models["full"].backbone.config["family"]
+    example = models["full"].backbone.example_input(args.input_seconds, 1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files, sessions = {}, {}
+        for key, model in models.items():
+            fp32 = export.export_onnx(model, Path(tmp) / f"{key}.onnx", seconds=args.input_seconds)
+            int8 = export.quantize_int8(fp32, Path(tmp) / f"{key}.int8.onnx", tuple(args.int8_ops))
+            files[key] = {"fp32": export.file_size_mb(fp32), "int8": export.file_size_mb(int8)}
+            sessions[f"{key}/fp32"] = export.onnx_session(fp32, args.threads)
+            sessions[f"{key}/int8"] = export.onnx_session(int8, args.threads)
+        torch_ms = profile.latency_ms(models, example, args.repeats, args.warmup, args.threads)
+        ort_ms = export.onnx_latency_ms(sessions, example.numpy(), args.repeats, args.warmup)
+        int8_diff = {key: export.max_abs_diff_onnx(sessions[f"{key}/int8"], model, example)
+                     for key, model in models.items()}
+
+    full_cost = profile.cost(models["full"].backbone, example)
+    full_params = full_cost["params"]
+    rows = []
+    for key, model in models.items():
+        cost = profile.cost(model.backbone, example)
+        row = {"backbone": name, "model": key, "input_seconds": args.input_seconds,
+               "removed": round(1 - cost["params"] / full_params, 4), "params": cost["params"],
+               "size_mb": cost["size_mb"], "onnx_mb": round(files[key]["fp32"], 3),
+               "onnx_int8_mb": round(files[key]["int8"], 3), "gflops": round(cost["gflops"], 4),
+               "flops_ratio": round(full_cost["gflops"] / cost["gflops"], 3),
+               "torch_ms": round(torch_ms[key], 3), "ort_ms": round(ort_ms[f"{key}/fp32"], 3),
+               "ort_int8_ms": round(ort_ms[f"{key}/int8"], 3),
+               "torch_speedup": round(torch_ms["full"] / torch_ms[key], 3),
+               "ort_speedup": round(ort_ms["full/fp32"] / ort_ms[f"{key}/fp32"], 3),
+               "ort_int8_speedup": round(ort_ms["full/fp32"] / ort_ms[f"{key}/int8"], 3),
+               "ort_vs_torch": round(torch_ms[key] / ort_ms[f"{key}/fp32"], 3),
+               "int8_max_abs_diff": round(int8_diff[key], 5), "int8_ops": args.int8_ops,
+               "batch": 1, "threads": args.threads, "repeats": args.repeats,
+               "machine": platform.processor() or platform.machine()}
+        rows.append(row)
+        print({k: row[k] for k in ("model", "removed", "flops_ratio", "torch_ms", "ort_ms", "ort_int8_ms",
+                                   "torch_speedup", "ort_speedup", "ort_int8_speedup", "onnx_mb", "onnx_int8_mb")})
+    write_json(args.json, rows)
+
+
+if __name__ == "__main__":
+    main()
