@@ -66,6 +66,10 @@ def test_repro_writes_tables_figures_and_executed_notebooks(repo):
     scratch = json.loads((repo / "metrics" / "tiny_scratch.json").read_text())
     kwyn = json.loads((repo / "metrics" / "tiny_kwyn.json").read_text())
     assert scratch["method"] == "scratch" and scratch["kept_indices"] == kwyn["kept_indices"]
+    # dvc.yaml's plots render: the report's figures and the two views of tables/results.csv
+    run(["dvc", "plots", "show", "-o", "dvc_plots"], repo)
+    html = (repo / "dvc_plots" / "index.html").read_text()
+    assert "metric_vs_trimming" in html and "metric_vs_latency" in html and "kept_units_heatmap" in html
 
 
 @pytest.mark.slow
