@@ -482,7 +482,7 @@ class GridSpec(_Strict):
                 raise ValueError(f"methods of {backbone}: scratch needs kwyn and `ratios` (one scratch entry "
                                  "per kwyn ratio)")
         listed = {m for b in self.tasks for m in self.methods_of(b)}
-        for block in ("lottery", "convexity", "hardconcrete"):
+        for block in (name for name, m in METHODS.items() if name in m.blocks):  # a method's own block
             if getattr(self, block) is not None and block not in listed:
                 raise ValueError(f"{block}: a block for method {block!r}, which no backbone of the grid lists")
         if self.hardconcrete is not None:

@@ -55,7 +55,8 @@ def save_trimmed(model: TaskModel, kept_units: dict[str, list[int]], site_units:
     """Save a TaskModel whose backbone was trimmed to `kept_units`.
 
     base_config is the backbone's config before trimming (defaults to model.backbone.config);
-    modulations: "ssf" when model.modulations holds SSF's scale-and-shift (attached by hooks);
+    modulations: the `kind` of the SiteModulationSet that model.modulations holds and that stays in the trimmed
+    model (SSF's scale-and-shift, "ssf"), re-attached by hooks at load;
     inference: what its predict needs (inference_config); without it the saved model gives logits only.
     """
     n_outputs = model.head.config.get("n_outputs")
@@ -83,10 +84,10 @@ def load_trimmed(path: str | Path) -> TaskModel:
     config = json.loads((path / "config.json").read_text())
     backbone = trim_model(build_backbone(config["backbone"]), config["kept_units"])
     model = task_model(backbone, build_head(config["head"]))  # an ASR head's config holds its vocabulary
-    if config.get("modulations") == "ssf":
-        from kwyn.ssf import ScaleShiftSet
+    if config.get("modulations") is not None:  # a set that stays in the trimmed model (SSF's scale-and-shift)
+        from kwyn.methods import modulation_set
 
-        model.modulations = ScaleShiftSet(backbone.mask_sites())
+        model.modulations = modulation_set(config["modulations"]).for_run(backbone.mask_sites(), None)
         model.modulations.attach(backbone)
     model.load_state_dict(load_file(path / "model.safetensors"))
     model.config, model.path = config, path  # model.predict reads "inference" and names the path in its errors
