@@ -40,11 +40,12 @@ def with_head(backbone, classes: int = 10) -> TaskModel:
     return TaskModel(backbone.requires_grad_(False), MLPHead(backbone.embedding_dim, classes)).eval()
 
 
-def models_from_ratios(name: str, ratios: list[float], seed: int, pretrained: bool) -> dict[str, TaskModel]:
+def models_from_ratios(name: str, ratios: list[float], seed: int, pretrained: bool,
+                       multiple_of: int = 1) -> dict[str, TaskModel]:
     full = load_backbone(name, pretrained=pretrained)
     models = {"full": with_head(full)}
     for ratio in ratios:
-        trimmed = trim_model(load_backbone(name, pretrained=pretrained), keep_for_ratio(full, ratio, seed))
+        trimmed = trim_model(load_backbone(name, pretrained=pretrained), keep_for_ratio(full, ratio, seed, multiple_of))
         models[f"{ratio:g}"] = with_head(trimmed)
     return models
 
@@ -95,10 +96,11 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrained", action="store_true")
+    parser.add_argument("--multiple-of", type=int, default=1, help="conv/FFN widths kept in multiples of this")
     parser.add_argument("--int8-ops", nargs="+", default=list(export.INT8_OPS))
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    models = (models_from_ratios(args.backbone, args.ratios, args.seed, args.pretrained) if args.backbone
+    models = (models_from_ratios(args.backbone, args.ratios, args.seed, args.pretrained, args.multiple_of) if args.backbone
               else models_from_dirs(args.models))
     name = args.backbone or models["full"].backbone.config["family"]
     example = models["full"].backbone.example_input(args.input_seconds, 1)

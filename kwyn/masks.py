@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from kwyn.sites import MaskSite, SiteModulation, SiteModulationSet
+from kwyn.sites import MaskSite, SiteModulation, SiteModulationSet, widths_in_multiples
 
 SPARSITY_LOSSES = ("paper", "authors_code")
 
@@ -126,7 +126,9 @@ class RatioControl:
     adapt gradually. The logits still learn through the straight-through estimator, so the ranking
     is learned; the sparsity loss may still be added but no longer decides how much is removed.
     The achieved ratio lands within one unit's parameters of the target (below 2 points for every
-    registered backbone's largest unit, a wav2vec2-large head: 1.3 %).
+    registered backbone's largest unit, a wav2vec2-large head: 1.3 %). With `multiple_of` N > 1, every conv and
+    FFN site keeps a multiple of N units (kwyn.sites.widths_in_multiples; CPU kernels are faster on such
+    widths): each site then gets its own threshold, keeping its best-ranked units.
 
         control = RatioControl(backbone, masks, target=0.5, total_steps=1000)
         for step in range(1000):
@@ -134,10 +136,11 @@ class RatioControl:
     """
 
     def __init__(self, backbone, masks: MaskSet, target: float, total_steps: int, ramp: float = 0.5,
-                 every: int = 5, seed: int = 0, start: int = 0):
+                 every: int = 5, seed: int = 0, start: int = 0, multiple_of: int = 1):
         if not 0 < target < 1:
             raise ValueError(f"ratio must be in (0, 1), got {target}")
-        self.backbone, self.masks, self.target = backbone, masks, target
+        self.backbone, self.masks, self.target, self.multiple_of = backbone, masks, target, multiple_of
+        self.sites = [mask.site for mask in masks.values()]
         # total_steps: the mask-training steps, which begin at step `start` (after a head warm-up)
         self.ramp_steps, self.every, self.start = max(1, round(ramp * total_steps)), every, start
         self.full = backbone.param_count()
@@ -151,11 +154,15 @@ class RatioControl:
     def target_at(self, step: int) -> float:
         return self.target * min(1.0, max(0, step - self.start) / self.ramp_steps)
 
-    def ratio_keeping(self, order: list[tuple[str, int]], count: int) -> float:
+    def kept_counts(self, order: list[tuple[str, int]], count: int) -> dict[str, int]:
+        """Units kept per site when the `count` best-ranked units are kept (then rounded to multiple_of)."""
         kept = dict.fromkeys(self.masks.by_site(), 0)
         for name, _ in order[:count]:
             kept[name] += 1
-        return 1.0 - self.count(kept) / self.full
+        return widths_in_multiples(kept, self.sites, self.multiple_of)
+
+    def ratio_keeping(self, order: list[tuple[str, int]], count: int) -> float:
+        return 1.0 - self.count(self.kept_counts(order, count)) / self.full
 
     @torch.no_grad()
     def update(self, step: int, force: bool = False) -> float:
@@ -175,6 +182,11 @@ class RatioControl:
                 low = mid
             else:
                 high = mid - 1
+        if self.multiple_of > 1:  # a threshold per site: its best-ranked kept_counts units
+            for name, k in self.kept_counts(order, low).items():
+                mask = self.masks[name]
+                mask.threshold.fill_(_threshold_keeping(torch.sort(mask.logits.detach().cpu(), descending=True).values, k))
+            return target
         sorted_logits = logits[ranked]
         if low == 0:
             threshold = float(sorted_logits[0]) + 1.0
@@ -184,3 +196,12 @@ class RatioControl:
             threshold = float(sorted_logits[low - 1] + sorted_logits[low]) / 2
         self.masks.set_threshold(threshold)
         return target
+
+
+def _threshold_keeping(sorted_logits: torch.Tensor, k: int) -> float:
+    """A threshold that keeps exactly the first k of these descending logits."""
+    if k == 0:
+        return float(sorted_logits[0]) + 1.0
+    if k == len(sorted_logits):
+        return float(sorted_logits[-1]) - 1.0
+    return float(sorted_logits[k - 1] + sorted_logits[k]) / 2

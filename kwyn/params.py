@@ -255,6 +255,9 @@ class Sparsity(_Strict):
     # encoder's parameters is removed, reached linearly over the first `ratio_ramp` share of the steps
     ratio: Optional[float] = Field(None, gt=0, lt=1)
     ratio_ramp: float = Field(0.5, gt=0, le=1)
+    # ratio control keeps a multiple of this many units at every conv and FFN site (heads are whole already):
+    # CPU kernels run faster on such widths (README "Benchmarks"); 1 = any width, the paper's
+    multiple_of: int = Field(1, ge=1)
 
 
 class Recipe(_Strict):

@@ -68,6 +68,19 @@ class SiteModulation(nn.Module):
         return target.register_forward_hook(lambda _module, _args, output: self.modulate(output))
 
 
+def widths_in_multiples(kept: dict[str, int], sites: list[MaskSite], multiple: int) -> dict[str, int]:
+    """Units kept per site rounded down to a multiple of `multiple` (a site kept whole stays whole): CPU kernels
+    run faster on such widths. Attention heads are left as they are: a head is already head_dim channels wide.
+
+        widths_in_multiples({"conv1": 1000, "layer0.attention": 5}, sites, 8)   # {"conv1": 1000 -> 1000 if whole, else 992, ...}
+    """
+    if multiple == 1:
+        return dict(kept)
+    by_name = {s.name: s for s in sites}
+    return {name: n if n == by_name[name].units or by_name[name].kind == "attention_heads" else n - n % multiple
+            for name, n in kept.items()}
+
+
 def attach_all(backbone: nn.Module, modulations) -> list[torch.utils.hooks.RemovableHandle]:
     return [m.attach(backbone) for m in modulations]
 

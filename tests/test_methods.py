@@ -112,6 +112,31 @@ def test_ratio_control_ramps_the_target_and_counts_parameters_exactly(tiny_data)
             assert logits[kept].min() > logits[~kept].max()
 
 
+@pytest.mark.parametrize("backbone_name", ["crepe-tiny", "whisper-tiny-encoder"])
+def test_ratio_control_keeps_widths_in_multiples_and_still_lands_on_the_ratio(backbone_name):
+    from kwyn.backbones import load_backbone
+    from kwyn.masks import MaskSet, RatioControl
+
+    backbone = load_backbone(backbone_name)
+    masks = MaskSet(backbone.mask_sites())
+    with torch.no_grad():  # a ranking that differs per site, so that rounding has something to do
+        for i, mask in enumerate(masks.values()):
+            mask.logits.copy_(torch.randn(mask.logits.shape, generator=torch.Generator().manual_seed(i)))
+    control = RatioControl(backbone, masks, target=0.5, total_steps=10, ramp=0.1, every=1, multiple_of=8)
+    control.update(5, force=True)
+    kept = masks.kept_units()
+    for site in backbone.mask_sites():
+        n = len(kept[site.name])
+        assert site.kind == "attention_heads" or n % 8 == 0 or n == site.units, (site.name, n)
+        # within a site, the kept units are its highest logits
+        logits, on = masks[site.name].logits, torch.zeros(site.units, dtype=torch.bool)
+        on[kept[site.name]] = True
+        if on.any() and (~on).any():
+            assert logits[on].min() > logits[~on].max()
+    achieved = 1 - backbone.trimmed_param_count(kept) / backbone.param_count()
+    assert 0.5 <= achieved <= 0.53, achieved
+
+
 @pytest.mark.parametrize("name", ["crepe-tiny", "whisper-tiny-encoder", "wavlm-base", "musicfm", "clap-cnn14"])
 def test_fast_param_counter_equals_exact_counts(name):
     # wavlm-base: its projection gains one column when conv 6 loses its first channel (the jump the counter models)
