@@ -8,6 +8,11 @@ python benchmarks/speedup.py --backbone crepe-full --input-seconds 0.064 --threa
 for b in wav2vec2-base musicfm clap-cnn14; do
   python benchmarks/speedup.py --backbone $b --input-seconds 4 --threads 2 --repeats 10 --warmup 2 --json $out/speedup_$b.json
 done
+# widths in multiples of 8 at conv and FFN sites (sparsity.multiple_of)
+python benchmarks/speedup.py --backbone crepe-full --input-seconds 0.064 --threads 1 --repeats 30 --multiple-of 8 --json $out/speedup_crepe-full_x8.json
+for b in wav2vec2-base musicfm clap-cnn14; do
+  python benchmarks/speedup.py --backbone $b --input-seconds 4 --threads 2 --repeats 10 --warmup 2 --multiple-of 8 --json $out/speedup_${b}_x8.json
+done
 python benchmarks/crepe_conv.py --json $out/crepe_conv.json
 python benchmarks/train_step.py --backbone crepe-full --batch 8 --json $out/train_step_crepe-full.json
 for b in whisper-tiny-encoder wav2vec2-base musicfm clap-cnn14; do
