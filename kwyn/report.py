@@ -255,6 +255,22 @@ TABLE1_CAPTION = (
     "datasets; WER in %), rows with source = kwyn are ours.")
 
 
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration, as the README reads them: its seeds' mean score with their min-max, the points it
+    gains over base (signed so that positive is better), what it removed and what that buys (frame: seed_means)."""
+    rows = frame[frame["round"].isna() | (frame["round"] == frame.groupby("config")["round"].transform("max"))]
+    out = pd.DataFrame({
+        "model / task": rows.model + " / " + rows.task,
+        "setting": rows.setting,  # a kwyn setting names its recipe
+        "seeds": rows.seeds,
+        "removed %": rows.trim_pct.round(1),
+        "score": [f"{m:.3f}" + (f" [{lo:.3f}-{hi:.3f}]" if n > 1 else "")
+                  for m, lo, hi, n in zip(rows.score, rows.score_min, rows.score_max, rows.seeds)],
+        "vs base (points)": (100 * rows.delta_vs_base).round(1).where(rows.method != "base"),
+        "speed-up": rows.speedup.round(2), "GFLOPs": rows.gflops.round(3), "metric": rows.metric})
+    return out.reset_index(drop=True)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Table II
 
@@ -613,6 +629,10 @@ def write_all(results: list[dict], tables_dir: Path, figures_dir: Path, referenc
                  "parameters removed, target_pct = the ratio asked for; delta_vs_base = improvement over the base "
                  "score (signed so positive = better); relative_drop = loss relative to base (positive = worse); "
                  "max_abs_diff = masked vs trimmed outputs.", latex=False)
+    _write_table(summary(frame), tables_dir / "summary", "Every configuration: the mean over its seeds of the test "
+                 "score (its primary metric, column metric), min-max over the seeds in brackets; vs base = points "
+                 "gained over the base model's mean (negative = worse); removed = share of encoder parameters; "
+                 "speed-up and GFLOPs of the encoder at batch 1 (lottery: its last round).", latex=False)
     _write_table(t1, tables_dir / "table1", TABLE1_CAPTION)
     _write_table(t2, tables_dir / "table2", table2_caption(frame))
 

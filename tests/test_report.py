@@ -280,3 +280,7 @@ def test_seeds_are_averaged_with_their_spread_and_recipes_keep_their_own_rows(tm
     assert t1.loc["", "ours_50"] == 0.50  # the paper's loop keeps its row
     assert t1.loc["warm-up 100 distil 1 re-fit 100 mask lr 0.2", "ours_50"] == pytest.approx(0.80)
     assert len(tables["results"]) == 6  # the detail table keeps every run
+    summary = pd.read_csv(tmp_path / "tables" / "summary.csv")
+    row = summary[summary.setting.str.contains("warm-up 100 distil 1 re-fit 100")].iloc[0]
+    assert row["seeds"] == 3 and row["score"] == "0.800 [0.700-0.900]"
+    assert row["vs base (points)"] == pytest.approx(100 * (0.80 - 0.92)) and row["removed %"] == 51.0
