@@ -121,12 +121,12 @@ def test_the_lagrangian_target_ramps_and_its_multipliers_ascend():
     assert [g["name"] for g in groups] == ["masks", "lagrangian"] and groups[1]["lr"] == -groups[0]["lr"]
     optimizer = torch.optim.Adam(groups)
     alpha_before = torch.cat([g.log_alpha.detach().clone() for g in gates.values()])
-    gap = float(gates.expected_ratio()) - gates.target_at(10)
+    gap = float(gates.expected_ratio().detach()) - gates.target_at(10)
     assert gap < 0  # every gate starts nearly surely on: far less removed than the target
     gates.penalty(10).backward()
     optimizer.step()
     # ascent: lambda1 moves so that lambda1 * gap grows (negative here); log_alpha descends: more units off
-    assert float(gates.lambdas[0]) * gap > 0
+    assert float(gates.lambdas[0].detach()) * gap > 0
     optimizer.zero_grad()
     gates.penalty(10).backward()
     optimizer.step()
