@@ -3,7 +3,7 @@ encoder, with a learned Lagrangian driving the expected share of parameters remo
 (kwyn.hardconcrete). The strongest peer's mask family beside the paper's straight-through masks, same budget."""
 from __future__ import annotations
 
-from kwyn.methods.method import Method, RunContext
+from kwyn.methods.method import Method
 
 
 class HardConcrete(Method):
@@ -20,27 +20,15 @@ class HardConcrete(Method):
         if exp.hardconcrete is None:
             raise ValueError("method 'hardconcrete' needs a 'hardconcrete' block with the target `ratio`")
 
-    def run(self, ctx: RunContext) -> dict:
-        import torch
-
+    def make_modulations(self, backbone, exp):
+        """Its gates, with the Lagrangian holding their expected size at hardconcrete.ratio."""
         from kwyn.hardconcrete import HardConcreteSet
-        from kwyn.loop import Learner, fit
-        from kwyn.metrics import task_type
-        from kwyn.model import task_model
-        from kwyn.runs import build_encoder
 
-        exp, cfg = ctx.exp, ctx.exp.hardconcrete
-        architecture = {"init": "pretrained"}
-        torch.manual_seed(exp.train.seed)
-        backbone = build_encoder(exp, architecture)
-        _, ttype = task_type(ctx.train_set, exp.name)
-        head = ttype.make_head(backbone.embedding_dim, ctx.train_set)
+        cfg = exp.hardconcrete
         gates = HardConcreteSet(backbone.mask_sites(), cfg.init_drop, cfg.beta)
         gates.constrain(backbone.trimmed_param_counter(), backbone.param_count(), cfg.ratio,
                         round(cfg.ratio_ramp * exp.train.steps), cfg.lr)
-        learner = Learner(task_model(backbone, head), gates, train_encoder=False)
-        return fit(exp, learner, ctx.train_set, ctx.valid_set, ctx.run_dir, architecture=architecture,
-                   steps=exp.train.steps, runtime=ctx.runtime, progress=ctx.progress, on_step=ctx.on_step)
+        return gates
 
     def setting(self, result: dict) -> str:
         target = result.get("target_ratio")

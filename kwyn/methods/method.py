@@ -77,8 +77,7 @@ class Method:
         backbone = build_encoder(exp, architecture)  # scratch: built from config, so randomly initialised
         _, ttype = task_type(ctx.train_set, exp.name)
         head = ttype.make_head(backbone.embedding_dim, ctx.train_set)
-        modulations = self.modulation_set().for_run(backbone.mask_sites(), exp.train) if self.modulations else None
-        learner = Learner(task_model(backbone, head), modulations, self.trains_encoder(exp))
+        learner = Learner(task_model(backbone, head), self.make_modulations(backbone, exp), self.trains_encoder(exp))
         return fit(exp, learner, ctx.train_set, ctx.valid_set, ctx.run_dir, architecture=architecture,
                    steps=exp.train.steps, runtime=ctx.runtime, progress=ctx.progress, on_step=ctx.on_step)
 
@@ -88,6 +87,10 @@ class Method:
             return None
         module, name = self.modulations.split(":")
         return getattr(importlib.import_module(module), name)
+
+    def make_modulations(self, backbone, exp):
+        """The set a run of this method hooks into its encoder (None: nothing); a method may configure it further."""
+        return self.modulation_set().for_run(backbone.mask_sites(), exp.train) if self.modulations else None
 
     def architecture(self, ctx: RunContext) -> dict:
         """The encoder a run starts from (kwyn.runs.build_encoder), recorded in best.pt."""
@@ -103,9 +106,6 @@ class Method:
     def setting(self, result: dict) -> str:
         """A result's setting in the report's tables: the method and what distinguishes its runs."""
         return self.name
-
-    def check_grid_block(self, block) -> None:
-        """Validate the grid's block for this method's experiments (GridSpec.<method>)."""
 
 
 def require_absent(exp, method: Method) -> None:
