@@ -58,7 +58,7 @@ def main(argv=None):
     by_group, by_stage = collections.defaultdict(float), collections.defaultdict(float)
     for times, path in runs:
         by_group[group(path)] += times["seconds"]
-        by_stage[path.parent.name if path.parent.name != "executed" else "05_report"] += times["seconds"]
+        by_stage[path.parent.name if path.parent.name != "executed" else path.stem] += times["seconds"]
     gaps = [(b["start"] - a["end"]).total_seconds() for (a, _), (b, _) in zip(runs, runs[1:])]
     first, last = runs[0][0]["start"], runs[-1][0]["end"]
     result = {

@@ -242,6 +242,11 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
             if recipe is not None:  # the paper-faithful history keeps its columns
                 row.update(phase=phase, distill_loss=d_loss.item() if d_loss is not None else None)
             state["history"].append(row)
+            if kept is not None:  # which units each site keeps, per validation: the notebook's kept-share figure
+                sizes = {name: m.site.units for name, m in modulations.by_site().items()}
+                kinds = {name: m.site.kind for name, m in modulations.by_site().items()}
+                state.setdefault("kept", []).extend({"step": done, "site": name, "kind": kinds[name], "units": sizes[name],
+                                                     "kept": len(units)} for name, units in kept.items())
             bar.set_postfix(val=f"{row['val_metric']:.3f}", trim=f"{row['trim_ratio']:.2f}")
             eligible = modulations is None or modulations.eligible(row["trim_ratio"])
             last = done == steps and state["best"] is None  # a run always ends with a model, eligible or not
@@ -252,6 +257,8 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
                     _save({**snapshot(), "row": row}, run_dir / "best.pt")
             if runtime.is_main:  # every validation: a run can be followed while it trains (dvc plots, a notebook)
                 _write_history(state["history"], run_dir / "history.csv")
+                if state.get("kept"):
+                    _write_history(state["kept"], run_dir / "kept_units.csv")
         if (done % cfg.checkpoint_every == 0 or done == steps) and runtime.is_main:
             state["seconds"] = time.perf_counter() - started
             _save({"fingerprint": key, "learner": _trainable_state(learner), "optimizer": optimizer.state_dict(),

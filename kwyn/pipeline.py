@@ -6,9 +6,9 @@ Also a command line, for running stages outside DVC (torchrun, a SLURM array: do
 Paths (relative to the project root, see dvc.yaml):
   data/<dataset>/raw, data/<dataset>/prepared   01_prepare_data
   runs/<experiment>/                             02_train_masks (resumable)
-  models/<experiment>/                           03_trim (config.json + model.safetensors)
-  metrics/<experiment>.json                      04_evaluate
-  tables/, figures/                              05_report
+  models/<experiment>/                           03_trim (config.json + model.safetensors) ...
+  metrics/<experiment>.json                      ... and its evaluation (the same notebook: trim, then evaluate)
+  tables/, figures/                              04_report
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ A run directory (runs/<experiment>/) holds:
                   learn, and the architecture (kept units, kept layers)
   history.csv     one row per validation: losses, metric, trimming ratio, kept units (rewritten at
                   every validation, so a run can be followed while it trains)
+  kept_units.csv  for the sets that remove units, one row per validation and site: units, kept (the
+                  share kept per layer and site kind over training, 02_train_masks's figure)
   summary.json    written last: what was selected and how long it took
 A method that trains in rounds (lottery) holds one such directory per round (round0, round1, ...)
 and a top-level best.pt/summary.json/history.csv copied from its last round.

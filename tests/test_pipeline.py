@@ -53,7 +53,8 @@ def test_repro_writes_tables_figures_and_executed_notebooks(repo):
                  "tables/table2.csv", "tables/table2.tex", "tables/results.csv",
                  "figures/metric_vs_trimming.png", "figures/kept_units_heatmap.png", "figures/pareto_latency.png",
                  "figures/mask_overlap.png",
-                 "executed/05_report.ipynb", "executed/02_train_masks/tiny_kwyn.ipynb",
+                 "executed/04_report.ipynb", "executed/02_train_masks/tiny_kwyn.ipynb", "executed/03_trim/tiny_kwyn.ipynb",
+                 "runs/tiny_kwyn/kept_units.csv",
                  "models/tiny_kwyn/model.safetensors", "dvc.lock"]:
         assert (repo / path).exists(), path
     result = json.loads((repo / "metrics" / "tiny_kwyn.json").read_text())
@@ -80,8 +81,8 @@ def test_dvc_exp_run_set_param_runs_one_ablation(repo):
     run(["git", "-c", "user.name=kwyn", "-c", "user.email=kwyn@localhost", "commit", "-qm", "tiny grid"], repo)
     out = run(["dvc", "exp", "run", "-S", "+experiments.tiny_kwyn.sparsity.ratio=0.5"], repo).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train@tiny_kwyn", "trim@tiny_kwyn", "evaluate@tiny_kwyn", "train_scratch@tiny_scratch",
-                   "trim_scratch@tiny_scratch", "evaluate_scratch@tiny_scratch", "report"}, out
+    assert ran == {"train@tiny_kwyn", "trim@tiny_kwyn", "train_scratch@tiny_scratch", "trim_scratch@tiny_scratch",
+                   "report"}, out
     result = json.loads((repo / "metrics" / "tiny_kwyn.json").read_text())
     assert result["target_ratio"] == 0.5 and abs(result["trim_ratio"] - 0.5) <= 0.02
     shown = run(["dvc", "exp", "show", "--csv"], repo).stdout
@@ -97,8 +98,8 @@ def test_second_repro_does_nothing_and_one_param_reruns_only_its_stages(repo):
     # a real repro, not --dry: a dry run cannot know that train's new outputs change the stages after it
     out = run(["dvc", "repro"], repo).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train@tiny_kwyn", "trim@tiny_kwyn", "evaluate@tiny_kwyn", "train_scratch@tiny_scratch",
-                   "trim_scratch@tiny_scratch", "evaluate_scratch@tiny_scratch", "report"}, out
+    assert ran == {"train@tiny_kwyn", "trim@tiny_kwyn", "train_scratch@tiny_scratch", "trim_scratch@tiny_scratch",
+                   "report"}, out
 
 
 @pytest.mark.slow
@@ -116,7 +117,7 @@ def test_source_notebooks_are_output_free_and_parameterised():
         book = nbformat.read(path, as_version=4)
         code = [c for c in book.cells if c.cell_type == "code"]
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
-        if path.name != "05_report.ipynb":
+        if path.name != "04_report.ipynb":
             assert any("parameters" in c.metadata.get("tags", []) for c in code), f"{path.name}: no parameters cell"
 
 
@@ -126,7 +127,7 @@ def test_notebooks_run_top_to_bottom_as_they_are(repo):
     from nbclient import NotebookClient
 
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(steps=6), sort_keys=False))
-    for name in ["03_trim", "04_evaluate", "05_report"]:
+    for name in ["02_train_masks", "03_trim", "04_report"]:
         book = nbformat.read(repo / "notebooks" / f"{name}.ipynb", as_version=4)
         NotebookClient(book, timeout=600, kernel_name="python3",
                        resources={"metadata": {"path": str(repo / "notebooks")}}).execute()

@@ -64,22 +64,29 @@ class Method:
 
     def run(self, ctx: RunContext) -> dict:
         """Train one experiment into ctx.run_dir (resumable); returns its summary. The default: one fit."""
-        from kwyn.loop import Learner, fit
+        from kwyn.loop import fit
+
+        exp = ctx.exp
+        architecture = self.architecture(ctx)
+        learner = self.learner(exp, ctx.train_set, architecture)
+        return fit(exp, learner, ctx.train_set, ctx.valid_set, ctx.run_dir, architecture=architecture,
+                   steps=exp.train.steps, runtime=ctx.runtime, progress=ctx.progress, on_step=ctx.on_step)
+
+    def learner(self, exp, train_set, architecture: dict | None = None):
+        """What a run of this method optimises before its first step (kwyn.loop.Learner): the encoder (seeded by
+        train.seed), a fresh head for the task and the method's modulations, attached."""
+        from kwyn.loop import Learner
         from kwyn.metrics import task_type
         from kwyn.model import task_model
         from kwyn.runs import build_encoder
 
         import torch
 
-        exp = ctx.exp
-        architecture = self.architecture(ctx)
         torch.manual_seed(exp.train.seed)
-        backbone = build_encoder(exp, architecture)  # scratch: built from config, so randomly initialised
-        _, ttype = task_type(ctx.train_set, exp.name)
-        head = ttype.make_head(backbone.embedding_dim, ctx.train_set)
-        learner = Learner(task_model(backbone, head), self.make_modulations(backbone, exp), self.trains_encoder(exp))
-        return fit(exp, learner, ctx.train_set, ctx.valid_set, ctx.run_dir, architecture=architecture,
-                   steps=exp.train.steps, runtime=ctx.runtime, progress=ctx.progress, on_step=ctx.on_step)
+        backbone = build_encoder(exp, architecture or {"init": "pretrained"})  # scratch: from config, random init
+        _, ttype = task_type(train_set, exp.name)
+        head = ttype.make_head(backbone.embedding_dim, train_set)
+        return Learner(task_model(backbone, head), self.make_modulations(backbone, exp), self.trains_encoder(exp))
 
     def modulation_set(self) -> Optional[type]:
         """The class of self.modulations (a kwyn.sites.SiteModulationSet), or None."""
