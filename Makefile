@@ -18,8 +18,10 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
+# then the executed notebooks of one experiment go to docs/notebooks/, which git keeps (scripts/publish_notebooks.py)
 repro: venv
 	$(RUN) dvc repro
+	$(RUN) $(VENV)/bin/python scripts/publish_notebooks.py
 
 test: venv
 	$(RUN) HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest

@@ -133,12 +133,21 @@ def layer_of(parameter: str) -> str:
 
 
 def parameters_by_layer(full: torch.nn.Module, trimmed: torch.nn.Module) -> pd.DataFrame:
-    """Parameters per layer of the full and the trimmed encoder, and the share trimming removed; layers in the
-    full encoder's order. The columns sum to the two encoders' parameter counts."""
+    """Parameters per layer of the full and the trimmed encoder, and the share trimming removed; layers (kwyn.anatomy.
+    layer_of, after any prefix every parameter name shares) in the full encoder's order. The columns sum to the
+    two encoders' parameter counts."""
+    names = [name for name, _ in full.named_parameters()]
+    # a prefix every parameter shares (Whisper's `encoder.`) names no layer
+    common = 0
+    while len(names) > 1 and all(n.split(".")[common:common + 1] == names[0].split(".")[common:common + 1]
+                                 and len(n.split(".")) > common + 1 for n in names):
+        common += 1
+
     def count(model) -> dict[str, int]:
         per_layer: dict[str, int] = {}
         for name, parameter in model.named_parameters():
-            per_layer[layer_of(name)] = per_layer.get(layer_of(name), 0) + parameter.numel()
+            layer = layer_of(".".join(name.split(".")[common:]))
+            per_layer[layer] = per_layer.get(layer, 0) + parameter.numel()
         return per_layer
 
     before, after = count(full), count(trimmed)

@@ -112,3 +112,15 @@ def test_parameters_by_layer_add_up_and_cost_table_compares_full_and_trimmed(tmp
     assert cost.loc["latency (ms)", "full / trimmed"] == pytest.approx(result["speedup"])
     assert cost.loc["GFLOPs", "full / trimmed"] == pytest.approx(result["flops_ratio"])
     assert isinstance(load_trained(exp, tmp_path / "run")[1], MaskSet)
+
+
+def test_parameters_by_layer_names_layers_after_a_prefix_every_parameter_shares():
+    from torch import nn
+
+    model = nn.Module()
+    model.encoder = nn.Module()
+    model.encoder.conv1 = nn.Conv1d(2, 3, 1)
+    model.encoder.layers = nn.ModuleList([nn.Linear(3, 3), nn.Linear(3, 2)])
+    layers = anatomy.parameters_by_layer(model, model)
+    assert list(layers.index) == ["conv1", "layers.0", "layers.1"]
+    assert layers.full.tolist() == [9, 12, 8] and (layers.removed == 0).all()

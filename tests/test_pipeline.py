@@ -174,3 +174,18 @@ def test_every_stage_lists_as_deps_the_kwyn_modules_its_notebook_runs(repo, tmp_
             if uncovered:
                 missing[f"{name}@{key}" if key else name] = uncovered
     assert not missing, f"dvc.yaml stages run kwyn modules they do not list as deps: {missing}"
+
+
+@pytest.mark.slow
+def test_publish_copies_one_experiments_executed_notebooks_with_their_outputs(repo, tmp_path):
+    run([sys.executable, "scripts/publish_notebooks.py", "--out", str(tmp_path)], repo)
+    assert (tmp_path / "EXPERIMENT").read_text().strip() == "tiny_kwyn"  # the first that learns masks
+    for name in ["01_prepare_data", "02_train_masks", "03_trim", "04_report"]:
+        book = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
+        assert any(c.get("outputs") for c in book.cells if c.cell_type == "code"), name
+    figures = [o for c in nbformat.read(tmp_path / "02_train_masks.ipynb", as_version=4).cells
+               for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(figures) >= 2  # the STE gradients and the history at least
+    failed = run([sys.executable, "scripts/publish_notebooks.py", "--experiment", "tiny_base", "--executed",
+                  str(tmp_path / "none"), "--out", str(tmp_path / "x")], repo, check=False)
+    assert failed.returncode and "run `dvc repro` first" in failed.stderr
