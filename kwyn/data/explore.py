@@ -103,6 +103,12 @@ def splits_of(prepared) -> list[str]:
     return [s for s in SPLITS if (prepared / f"{s}.csv").exists()]
 
 
+def task_names(prepared) -> list[str]:
+    """The tasks of a prepared dataset that have classes to count (meta.json's order; transcripts left out)."""
+    meta = read_json(Path(prepared) / "meta.json")
+    return [t for t in meta["tasks"] if meta.get("task_kinds", {}).get(t, "label") != "text"]
+
+
 def class_counts(prepared, task: str | None = None) -> pd.DataFrame:
     """Clips per class (rows, meta.json's label order) and split (columns) of a single-label or multilabel task
     (default: meta.json's first task). A multilabel clip counts once for each of its labels."""
@@ -267,6 +273,33 @@ def plot_class_balance(counts: pd.DataFrame):
     return fig
 
 
+def show(figure, dpi: int = 80, colors: int = 128) -> None:
+    """Display a matplotlib figure where it is called (not at the end of the cell) and close it (the inline
+    backend does not show it a second time): a PNG at `dpi`, reduced to a palette of `colors` colours so that the
+    executed notebook, which is committed, stays small (a spectrogram figure: ~60 KB instead of ~220 KB)."""
+    from IPython.display import Image, display
+
+    display(Image(data=png_bytes(figure, dpi=dpi, colors=colors), format="png"))
+
+
+def png_bytes(figure, dpi: int = 80, colors: int | None = 128) -> bytes:
+    """The figure as PNG bytes (palette-reduced to `colors` colours unless None); the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image as PILImage
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    if colors is None:
+        return buffer.getvalue()
+    image = PILImage.open(io.BytesIO(buffer.getvalue())).convert("RGB").quantize(colors)
+    out = io.BytesIO()
+    image.save(out, format="png", optimize=True)
+    return out.getvalue()
+
+
 def player(audio, sample_rate: int, max_rate: int = 16000):
     """An IPython audio player for `audio`, decimated (block mean) to at most max_rate so that the executed
     notebook stays small; normalised as IPython does."""
@@ -277,3 +310,52 @@ def player(audio, sample_rate: int, max_rate: int = 16000):
     if factor > 1:
         x = x[:len(x) // factor * factor].reshape(-1, factor).mean(axis=1)
     return Audio(x, rate=sample_rate // factor)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# progress bars
+
+
+def progress_lines(text: str) -> list[str]:
+    """The final state of each progress bar (tqdm) in captured stderr text: every line's last carriage-return
+    segment, blank ones dropped ("render: 100%|...| 9/9 [...]")."""
+    lines = [line.split("\r") for line in text.split("\n")]
+    return [last.strip() for last in (next((s for s in reversed(parts) if s.strip()), "") for parts in lines)
+            if last.strip()]
+
+
+class quiet_progress:
+    """Within it, stderr (tqdm's progress bars) is captured; on leaving, each bar's final line is printed to stdout,
+    so the executed notebook keeps one plain line per bar instead of hundreds of red updates. Outside a Jupyter
+    kernel the bars still show live on the process's own stderr (inside one, ipykernel would route that stream
+    back into the notebook)."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+        import sys
+
+        self._captured = io.StringIO()
+        echo = None if "ipykernel" in sys.modules else sys.__stderr__
+
+        class _Tee(io.TextIOBase):
+            def write(inner, s):  # noqa: N805
+                self._captured.write(s)
+                if echo is not None:
+                    echo.write(s)
+                return len(s)
+
+            def flush(inner):  # noqa: N805
+                if echo is not None:
+                    echo.flush()
+
+        self._redirect = contextlib.redirect_stderr(_Tee())
+        self._redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._redirect.__exit__(*exc)
+        lines = progress_lines(self._captured.getvalue())
+        if lines:
+            print("\n".join(lines))
+        return False
