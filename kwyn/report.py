@@ -692,7 +692,7 @@ def _table1_reading(t1: pd.DataFrame, frame: pd.DataFrame) -> str:
         lines.append(f"- **{_name(row.model, row.dataset, row.task)}**, base {row.base:.3f} ({row.metric}): "
                      f"{loop} scores {at or 'no run at the table ratios'}{best}.")
     if len(paper):
-        lines.append(f"The {len(paper)} rows with source = paper are the paper's own numbers (its models and "
+        lines.append(f"\nThe {len(paper)} rows with source = paper are the paper's own numbers (its models and "
                      "datasets, 100k steps): they compare in shape, not in value.")
     return "\n".join(lines)
 
@@ -838,6 +838,12 @@ def _convexity_reading(results: list[dict]) -> str:
         lines.append(f"- **{_name(r['backbone'], r['dataset'], r['task'])}**: convexity peaks at layer {peak + 1} "
                      f"({scores[peak]:.2f}); {kept} of {len(scores)} layers kept.")
     return "\n".join(lines)
+
+
+def table_markdown(path) -> str:
+    """A written table's .md (caption + table) ready for a notebook's Markdown display: '<' and '>' escaped, so that
+    a caption's placeholder such as <method>-<kind> is not swallowed as an HTML tag."""
+    return Path(path).read_text().replace("<", "&lt;").replace(">", "&gt;")
 
 
 FIGURES = ["metric_vs_trimming", "pareto_latency", "kept_units_heatmap", "mask_overlap", "convexity_per_layer"]

@@ -350,3 +350,16 @@ def test_readings_without_masks_or_convexity_say_so(tmp_path):
     assert read["mask_overlap"].startswith("No backbone has kwyn masks")
     assert read["convexity_per_layer"].startswith("No convexity results")
     assert "paper" not in read["table1"]
+
+
+def test_table_markdown_keeps_placeholders_visible(tmp_path):
+    path = tmp_path / "t.md"
+    path.write_text("Rows named <method>-<kind> average.\n\n| a |\n|---|\n| 1 |\n")
+    text = report.table_markdown(path)
+    assert "&lt;method&gt;-&lt;kind&gt;" in text and "| 1 |" in text
+
+
+def test_paper_sentence_is_a_paragraph_of_its_own(tmp_path):
+    (tmp_path / "paper_table1.csv").write_text(PAPER_T1)
+    text = report.readings(synthetic_results(), reference_dir=tmp_path)["table1"]
+    assert "\n\nThe 2 rows with source = paper are the paper's own numbers" in text
