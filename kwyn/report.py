@@ -711,7 +711,8 @@ def _table2_reading(t2: pd.DataFrame) -> str:
         best = ok.loc[ok.speedup.idxmax()]
         drop = (f"{best.relative_drop_pct:.1f} % relative drop" if best.relative_drop_pct >= 0 else
                 f"{-best.relative_drop_pct:.1f} % better than base")
-        lines.append(f"- **{model} / {tasks}**: {_count(len(ok), total, 'method')} qualif{'ies' if len(ok) == 1 else 'y'}; "
+        verb = "qualifies" if len(ok) == 1 else "qualify"
+        lines.append(f"- **{model} / {tasks}**: {_count(len(ok), total, 'method')} {verb}; "
                      f"the fastest is {best.variant.split(' (')[0]} (`{best.experiment}`), {best.trim_pct:.0f} % "
                      f"removed, {best.speedup:.2f}x faster than the full encoder, scoring {best.score:.3f} against "
                      f"base {best.base_score:.3f} ({drop}).")
