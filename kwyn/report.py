@@ -613,6 +613,13 @@ def plot_convexity(results: list[dict], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def first_seeds(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run's masks per configuration (the mask figures show units, which do not average): each configuration's
+    first seed (runs: results_frame)."""
+    return (runs.assign(_config=runs.experiment.map(config_name)).sort_values("seed", kind="stable")
+            .drop_duplicates(["_config", "round"]).drop(columns="_config").sort_index())
+
+
 def write_all(results: list[dict], tables_dir: Path, figures_dir: Path, reference_dir: Path | None = None) -> dict:
     """Write every table and figure; reference_dir holds the paper's paper_table{1,2}.csv (found if not given)."""
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
@@ -637,11 +644,224 @@ def write_all(results: list[dict], tables_dir: Path, figures_dir: Path, referenc
     _write_table(t2, tables_dir / "table2", table2_caption(frame))
 
     plot_metric_vs_trimming(frame, figures_dir / "metric_vs_trimming.png")
-    # one run's masks per configuration (the figures show units, which do not average): each config's first seed
-    first_seed = (runs.assign(_config=runs.experiment.map(config_name)).sort_values("seed", kind="stable")
-                  .drop_duplicates(["_config", "round"]).drop(columns="_config").sort_index())
+    first_seed = first_seeds(runs)
     plot_kept_units(first_seed, results, figures_dir / "kept_units_heatmap.png")
     plot_pareto_latency(frame, figures_dir / "pareto_latency.png")
     overlaps = plot_mask_overlap(first_seed, results, figures_dir / "mask_overlap.png")
     plot_convexity(results, figures_dir / "convexity_per_layer.png")
     return {"results": detail, "table1": t1, "table2": t2, "frame": frame, "runs": runs, "mask_overlap": overlaps}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# readings: what each table and figure says, in sentences generated from the same frames (notebooks/05_report)
+
+
+def _points(row) -> float:
+    """Points gained over the base model's mean score (100 x delta_vs_base: positive = better, WER included)."""
+    return 100.0 * row.delta_vs_base
+
+
+def _name(model: str, dataset: str, task: str) -> str:
+    return f"{model} / {dataset} {task}"
+
+
+def _count(n: int, total: int, noun: str) -> str:
+    """'2 of 3 methods', '1 of 1 method'."""
+    return f"{n} of {total} {noun}{'s' if total != 1 else ''}"
+
+
+def _fmt_points(points: float) -> str:
+    return f"{points:+.1f} points"
+
+
+def _table1_reading(t1: pd.DataFrame, frame: pd.DataFrame) -> str:
+    ours = t1[t1.source == "kwyn"]
+    paper = t1[t1.source == "paper"]
+    lines = ["Table I gives the test score of every method per model and task, at 25, 50 and 75 % of the encoder's "
+             "parameters removed, next to the frozen encoder with its head (base); scores are means over seeds."]
+    for _, row in ours.iterrows():
+        cells = [(pct, row.get(f"ours_{pct}", NAN)) for pct in RATIOS_PCT]
+        cells = [(pct, v) for pct, v in cells if pd.notna(v)]
+        sign = 1.0 if row.higher_is_better else -1.0
+        loop = f"kwyn with a recipe ({row.recipe})" if row.recipe else "kwyn (the paper's loop)"
+        if not cells and pd.isna(row.get("best_score", NAN)):
+            continue
+        at = ", ".join(f"{v:.3f} at {pct} % removed ({_fmt_points(100 * sign * (v - row.base))})" for pct, v in cells)
+        best = (f"; its best run removed {row.best_trim_pct:.0f} % and scores {row.best_score:.3f}"
+                if pd.notna(row.get("best_score", NAN)) else "")
+        lines.append(f"- **{_name(row.model, row.dataset, row.task)}**, base {row.base:.3f} ({row.metric}): "
+                     f"{loop} scores {at or 'no run at the table ratios'}{best}.")
+    if len(paper):
+        lines.append(f"\nThe {len(paper)} rows with source = paper are the paper's own numbers (its models and "
+                     "datasets, 100k steps): they compare in shape, not in value.")
+    return "\n".join(lines)
+
+
+def _table2_reading(t2: pd.DataFrame) -> str:
+    ours = t2[(t2.source == "kwyn") & t2.tasks.notna() & ~t2.note.fillna("").str.startswith("mean over")]
+    lines = ["Table II selects, per model, task and method, the fastest trimmed model whose score stays within "
+             f"{100 * MAX_RELATIVE_DROP:g} % (relative) of the base model's, and gives its cost."]
+    for (model, tasks), g in ours.groupby(["model", "tasks"], sort=False):
+        ok = g[g.speedup.notna()]
+        total = len(g)
+        if ok.empty:
+            lines.append(f"- **{model} / {tasks}**: none of the {total} methods has a model within "
+                         f"{100 * MAX_RELATIVE_DROP:g} % of base.")
+            continue
+        best = ok.loc[ok.speedup.idxmax()]
+        drop = (f"{best.relative_drop_pct:.1f} % relative drop" if best.relative_drop_pct >= 0 else
+                f"{-best.relative_drop_pct:.1f} % better than base")
+        verb = "qualifies" if len(ok) == 1 else "qualify"
+        lines.append(f"- **{model} / {tasks}**: {_count(len(ok), total, 'method')} {verb}; "
+                     f"the fastest is {best.variant.split(' (')[0]} (`{best.experiment}`), {best.trim_pct:.0f} % "
+                     f"removed, {best.speedup:.2f}x faster than the full encoder, scoring {best.score:.3f} against "
+                     f"base {best.base_score:.3f} ({drop}).")
+    return "\n".join(lines)
+
+
+def _results_reading(runs: pd.DataFrame) -> str:
+    groups = runs.groupby(GROUP, sort=False).ngroups
+    configs = runs.experiment.map(config_name).nunique()
+    seeds = runs.assign(c=runs.experiment.map(config_name)).groupby("c").seed.nunique().max()
+    worst = runs.loc[runs.max_abs_diff.idxmax()] if runs.max_abs_diff.notna().any() else None
+    check = (f" The trimmed models reproduce their masked models' outputs to within {worst.max_abs_diff:.1g} "
+             "(max_abs_diff, largest over all runs)." if worst is not None else "")
+    return (f"The results table lists every run: {len(runs)} models (a lottery run gives one per round) of "
+            f"{configs} configurations, up to {seeds} seeds each, on {groups} model / task pairs, with every "
+            f"metric and cost.{check}")
+
+
+def _summary_reading(frame: pd.DataFrame) -> str:
+    rows = frame[frame["round"].isna() | (frame["round"] == frame.groupby("config")["round"].transform("max"))]
+    lines = ["The summary averages each configuration over its seeds (min-max in brackets)."]
+    for (model, dataset, task), g in rows.groupby(GROUP, sort=False):
+        trimmed = g[g.method.map(lambda m: REGISTRY[m].removes_units if m in REGISTRY else False)]
+        if trimmed.empty:
+            continue
+        sign = 1.0 if g.higher_is_better.iloc[0] else -1.0
+        best = trimmed.loc[(sign * trimmed.score).idxmax()]
+        spread = (f", seeds {best.score_min:.3f}-{best.score_max:.3f}" if best.seeds > 1 else "")
+        lines.append(f"- **{_name(model, dataset, task)}**: the best trimmed configuration, {best.setting}, removes "
+                     f"{best.trim_pct:.0f} % and averages {best.score:.3f} over {best.seeds:.0f} seed(s) "
+                     f"({_fmt_points(_points(best))} vs base{spread}).")
+    return "\n".join(lines)
+
+
+def _removes_units(frame: pd.DataFrame) -> pd.Series:
+    return frame.method.map(lambda m: REGISTRY[m].removes_units if m in REGISTRY else False)
+
+
+def _metric_vs_trimming_reading(frame: pd.DataFrame) -> str:
+    lines = ["The figure plots the test score against the share of encoder parameters removed, one panel per model "
+             "and task; methods that remove nothing are horizontal lines, bars give the min-max over seeds."]
+    for (model, dataset, task), g in frame.groupby(GROUP, sort=False):
+        trimmed = g[_removes_units(g)]
+        if trimmed.empty:
+            continue
+        within = trimmed[trimmed.relative_drop <= MAX_RELATIVE_DROP + 1e-12]
+        most = trimmed.loc[trimmed.trim_pct.idxmax()]
+        if within.empty:
+            head = f"no trimmed model stays within {100 * MAX_RELATIVE_DROP:g} % of base"
+        else:
+            far = within.loc[within.trim_pct.idxmax()]
+            head = (f"the most removed within {100 * MAX_RELATIVE_DROP:g} % of base is {far.trim_pct:.0f} % "
+                    f"({far.setting}: {far.score:.3f}, {_fmt_points(_points(far))})")
+        lines.append(f"- **{_name(model, dataset, task)}**: {head}; the most removed overall, {most.trim_pct:.0f} % "
+                     f"({most.setting}), scores {most.score:.3f} ({_fmt_points(_points(most))}).")
+    return "\n".join(lines)
+
+
+def _pareto_reading(frame: pd.DataFrame) -> str:
+    lines = ["The figure plots the test score against the encoder's measured latency (batch 1); the black step "
+             "line is the Pareto front, the models that no other model beats on both."]
+    for (model, dataset, task), g in frame.groupby(GROUP, sort=False):
+        front = pareto_front(g)
+        if front.empty:
+            continue
+        fastest = front.iloc[0]
+        full = g.full_latency_ms.dropna()
+        base = f" (full encoder: {full.iloc[0]:.1f} ms)" if len(full) else ""
+        lines.append(f"- **{_name(model, dataset, task)}**: {_count(len(front), len(g), 'configuration')} on the "
+                     f"front; the fastest, {fastest.setting}, runs in {fastest.latency_ms:.1f} ms{base} and scores "
+                     f"{fastest.score:.3f} ({_fmt_points(_points(fastest))}).")
+    return "\n".join(lines)
+
+
+def _kept_units_reading(first_seed: pd.DataFrame, results: list[dict]) -> str:
+    chosen = closest_to(first_seed) if (first_seed.method == MASK_FIGURE_METHOD).any() else first_seed.iloc[:0]
+    if chosen.empty:
+        return "No kwyn results: there are no learned masks to show."
+    by_name = {r["experiment"]: r for r in results}
+    lines = ["The heatmap gives the share of units kept per layer and kind of site (attention heads, FFN units, "
+             "conv channels) for the kwyn run closest to 50 % removed on each task."]
+    for _, row in chosen.iterrows():
+        share = kept_share(by_name[row.experiment])
+        parts = []
+        for kind, values in share.iterrows():
+            values = values.dropna()
+            if values.empty:
+                continue
+            lo, hi = values.idxmin(), values.idxmax()
+            parts.append(f"{kind} {values[lo]:.0%} kept in layer {lo} to {values[hi]:.0%} in layer {hi}"
+                         if lo != hi else f"{kind} {values[lo]:.0%} kept")
+        lines.append(f"- **{_name(row.model, row.dataset, row.task)}** ({row.trim_pct:.0f} % removed): "
+                     + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def _mask_overlap_reading(overlaps: dict[str, pd.DataFrame]) -> str:
+    if not overlaps:
+        return ("No backbone has kwyn masks (with kept_indices) on two tasks: there is no overlap to show.")
+    lines = ["The heatmap gives, per backbone, the intersection over union (IoU) of the units kept for each pair of "
+             "tasks: 1 = the same units, 0 = disjoint."]
+    for model, iou in overlaps.items():
+        names = [n.split("\n")[0] for n in iou.index]
+        pairs = [f"{names[i]} vs {names[j]}: {iou.iat[i, j]:.2f}" for i in range(len(names))
+                 for j in range(i + 1, len(names))]
+        lines.append(f"- **{model}**: " + "; ".join(pairs) + ".")
+    return "\n".join(lines)
+
+
+def _convexity_reading(results: list[dict]) -> str:
+    runs = [r for r in results if (r.get("convexity") or {}).get("scores")]
+    if not runs:
+        return "No convexity results: there are no per-layer convexity scores to show."
+    lines = ["The figure gives the graph convexity of each transformer layer's output for the task's classes; "
+             "convexity-based pruning keeps the layers up to the dotted line."]
+    seen = set()
+    for r in runs:
+        scores, kept = r["convexity"]["scores"], r["convexity"].get("kept_layers")
+        key = (r["backbone"], r["dataset"], r["task"], kept)
+        if key in seen:  # seeds of one configuration: one line
+            continue
+        seen.add(key)
+        peak = int(np.argmax(scores))
+        lines.append(f"- **{_name(r['backbone'], r['dataset'], r['task'])}**: convexity peaks at layer {peak + 1} "
+                     f"({scores[peak]:.2f}); {kept} of {len(scores)} layers kept.")
+    return "\n".join(lines)
+
+
+def table_markdown(path) -> str:
+    """A written table's .md (caption + table) ready for a notebook's Markdown display: '<' and '>' escaped, so that
+    a caption's placeholder such as <method>-<kind> is not swallowed as an HTML tag."""
+    return Path(path).read_text().replace("<", "&lt;").replace(">", "&gt;")
+
+
+FIGURES = ["metric_vs_trimming", "pareto_latency", "kept_units_heatmap", "mask_overlap", "convexity_per_layer"]
+
+
+def readings(results: list[dict], reference_dir: Path | None = None) -> dict[str, str]:
+    """One short markdown reading per table (table1, table2, results, summary) and figure (FIGURES): what it shows
+    and what its numbers say, computed from the frames write_all builds from the same results, so the words follow
+    the data whatever params.yaml ran."""
+    reference_dir = Path(reference_dir) if reference_dir else find_reference_dir()
+    runs = results_frame(results)
+    frame = seed_means(runs)
+    t1 = with_paper(table1(frame), reference_dir and reference_dir / "paper_table1.csv")
+    t2 = with_paper(table2(frame), reference_dir and reference_dir / "paper_table2.csv")
+    first_seed = first_seeds(runs)
+    return {"table1": _table1_reading(t1, frame), "table2": _table2_reading(t2), "results": _results_reading(runs),
+            "summary": _summary_reading(frame), "metric_vs_trimming": _metric_vs_trimming_reading(frame),
+            "pareto_latency": _pareto_reading(frame), "kept_units_heatmap": _kept_units_reading(first_seed, results),
+            "mask_overlap": _mask_overlap_reading(mask_overlap(first_seed, results)),
+            "convexity_per_layer": _convexity_reading(results)}

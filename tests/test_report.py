@@ -284,3 +284,82 @@ def test_seeds_are_averaged_with_their_spread_and_recipes_keep_their_own_rows(tm
     row = summary[summary.setting.str.contains("warm-up 100 distil 1 re-fit 100")].iloc[0]
     assert row["seeds"] == 3 and row["score"] == "0.800 [0.700-0.900]"
     assert row["vs base (points)"] == pytest.approx(100 * (0.80 - 0.92)) and row["removed %"] == 51.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# readings: the sentences 05_report prints under each table and figure state the numbers of the same frames
+
+
+@pytest.fixture(scope="module")
+def read():
+    return report.readings(synthetic_results(), reference_dir=None)
+
+
+def test_readings_cover_every_table_and_figure(read):
+    assert set(read) == {"table1", "table2", "results", "summary", *report.FIGURES}
+    assert all(isinstance(text, str) and text for text in read.values())
+
+
+def test_table1_reading_states_the_scores_at_each_ratio(read):
+    # net-a / pitch: base 0.80; kwyn asked for 25/50/75 % scores 0.82 / 0.79 / 0.70; its best run: 0.83 at 37 %
+    line = next(line for line in read["table1"].splitlines() if "net-a / notes pitch" in line)
+    assert "base 0.800" in line
+    assert "0.820 at 25 % removed (+2.0 points)" in line and "0.790 at 50 % removed (-1.0 points)" in line
+    assert "0.700 at 75 % removed (-10.0 points)" in line and "removed 37 % and scores 0.830" in line
+    # WER: lower is better, so 0.21 against base 0.20 is a point worse
+    line = next(line for line in read["table1"].splitlines() if "net-b / speech asr" in line)
+    assert "base 0.200" in line and "its best run removed 10 % and scores 0.190" in line
+
+
+def test_table2_reading_names_the_fastest_model_within_5_percent(read):
+    # net-a / pitch: kwyn 0.78 at 52 ms (1.92x, 2.5 % drop) beats convexity (1.82x) and lottery round 2 (1.33x)
+    line = next(line for line in read["table2"].splitlines() if "net-a / notes/pitch" in line)
+    assert "3 of 3 methods qualify" in line and "`net-a_notes_pitch_kwyn_0.51_None`" in line
+    assert "51 % removed, 1.92x faster" in line and "0.780 against base 0.800 (2.5 % relative drop)" in line
+    # net-b / asr: WER 0.21 is exactly 5 % worse and qualifies (77 ms: 1.30x); no lottery round does
+    line = next(line for line in read["table2"].splitlines() if "net-b / speech/asr" in line)
+    assert "1 of 2 methods qualifies" in line and "1.30x faster" in line and "(5.0 % relative drop)" in line
+
+
+def test_results_and_summary_readings(read):
+    # 12 + 2 + 6 results, the two lottery runs giving 3 and 2 rounds: 23 models of 20 configurations
+    assert "23 models" in read["results"] and "20 configurations" in read["results"]
+    assert "up to 1 seeds" in read["results"] and "within 1e-06" in read["results"]
+    line = next(line for line in read["summary"].splitlines() if "net-b / speech asr" in line)
+    assert "removes 10 % and averages 0.190 over 1 seed(s) (+1.0 points vs base)" in line
+
+
+def test_figure_readings(read):
+    line = next(line for line in read["metric_vs_trimming"].splitlines() if "net-a / notes pitch" in line)
+    assert "the most removed within 5 % of base is 51 %" in line and "0.780, -2.0 points" in line
+    line = next(line for line in read["pareto_latency"].splitlines() if "net-b / speech asr" in line)
+    # net-b / asr: the front is WER 0.30 at 50 ms, 0.21 at 77, 0.19 at 91 and SSF's 0.18 at 101; the fastest is
+    # 10 points worse than base (lower WER is better)
+    assert "4 of 7 configurations on the front" in line
+    assert "runs in 50.0 ms (full encoder: 100.0 ms) and scores 0.300 (-10.0 points)" in line
+    # IoU of net-a's masks (pitch: the 51 % run, first units; family: 40 %, last units): 31 shared of 336
+    assert "notes/family vs notes/pitch: 0.09" in read["mask_overlap"]
+    assert "convexity peaks at layer 3 (0.70); 3 of 5 layers kept" in read["convexity_per_layer"]
+    assert "net-a / notes pitch** (51 % removed)" in read["kept_units_heatmap"]
+
+
+def test_readings_without_masks_or_convexity_say_so(tmp_path):
+    read = report.readings([make_result("net-a", "notes", "pitch", "base", 0.8),
+                            make_result("net-a", "notes", "pitch", "ssf", 0.81)], reference_dir=tmp_path)
+    assert read["kept_units_heatmap"].startswith("No kwyn results")
+    assert read["mask_overlap"].startswith("No backbone has kwyn masks")
+    assert read["convexity_per_layer"].startswith("No convexity results")
+    assert "paper" not in read["table1"]
+
+
+def test_table_markdown_keeps_placeholders_visible(tmp_path):
+    path = tmp_path / "t.md"
+    path.write_text("Rows named <method>-<kind> average.\n\n| a |\n|---|\n| 1 |\n")
+    text = report.table_markdown(path)
+    assert "&lt;method&gt;-&lt;kind&gt;" in text and "| 1 |" in text
+
+
+def test_paper_sentence_is_a_paragraph_of_its_own(tmp_path):
+    (tmp_path / "paper_table1.csv").write_text(PAPER_T1)
+    text = report.readings(synthetic_results(), reference_dir=tmp_path)["table1"]
+    assert "\n\nThe 2 rows with source = paper are the paper's own numbers" in text
