@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from kwyn import distributed
 from kwyn.backbones import Backbone

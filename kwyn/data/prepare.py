@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from kwyn.audio import BadAudioError, crop_or_pad, read_audio
 from kwyn.data.nsynth import NSYNTH_FAMILIES, SPLITS, Example, read_nsynth_split

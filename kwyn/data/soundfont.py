@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from kwyn.data.nsynth import NSYNTH_FAMILIES, SPLITS
 from kwyn.io import atomic_path

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from kwyn.data.nsynth import SPLITS, Example
 from kwyn.data.soundfont import to_pcm16
