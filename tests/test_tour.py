@@ -25,4 +25,7 @@ def test_tour_runs_and_its_checks_pass():
     printed = "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stdout")
     assert "All checks of the tour passed" in printed  # the last cell: every assert before it held
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # its figures
+    assert all("text/html" in o.data for o in outputs if o.output_type == "execute_result")  # tables, no reprs
+    # nothing on stderr: no warnings, and the bars are widgets (ipywidgets is installed), not "IProgress not found"
+    assert not [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"]
     assert seconds < 300
