@@ -137,7 +137,7 @@ def layer_embeddings(backbone: Backbone, data, indices: Sequence[int] | None = N
     picks the examples, all by default), a (N, samples) audio tensor, or an iterable of (batch, samples)
     audio tensors. The backbone runs in eval mode, one forward pass per batch.
     """
-    from tqdm import tqdm
+    from kwyn.io import tqdm
 
     labels = None
     if isinstance(data, torch.Tensor):

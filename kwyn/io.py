@@ -3,10 +3,18 @@
 What lands in place carries the permissions the user's umask gives (0644 under umask 022), whatever
 wrote it: tempfile.mkdtemp makes its folder 0700, and some writers (safetensors' save_file) create
 their file 0600, which other users of a shared machine could not read.
+
+Progress output too: `from kwyn.io import tqdm` is the progress bar class of every kwyn loop, tqdm.auto's
+(an ipywidgets bar in JupyterLab, a text bar in plain Python: tests, `python -m kwyn`, scripts), except in a
+kernel whose environment has KWYN_PROGRESS=text, which gets text bars on stdout. The papermill engine `kwyn`
+starts its kernels so (kwyn.papermill_engine): a widget bar shows only its first state in `papermill
+--log-output` (what `dvc repro` prints) and in viewers without the widget state; a text bar shows progress as
+it goes and its final state after.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -69,3 +77,31 @@ def write_json(path: str | os.PathLike, data) -> None:
 
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
+
+
+PROGRESS_ENV = "KWYN_PROGRESS"  # "text": text progress bars even in a Jupyter kernel
+
+
+def __getattr__(name: str):
+    """`tqdm`: kwyn's progress bar class (module docstring), imported on first use, not with kwyn.io."""
+    if name == "tqdm":
+        if os.environ.get(PROGRESS_ENV) == "text":
+            return _text_bar()
+        from tqdm.auto import tqdm
+        return tqdm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _text_bar():
+    """tqdm's text bar, written to stdout: a notebook shows stderr in red, as if something were wrong."""
+    import sys
+
+    from tqdm.std import tqdm
+
+    class TextBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("file", sys.stdout)
+            super().__init__(*args, **kwargs)
+
+    return TextBar

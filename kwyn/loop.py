@@ -28,11 +28,10 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from kwyn import distributed
 from kwyn.backbones import Backbone
-from kwyn.io import atomic_path, write_json
+from kwyn.io import atomic_path, tqdm, write_json
 from kwyn.masks import MaskSet, RatioControl, sparsity_loss
 from kwyn.metrics import task_type
 from kwyn.model import TaskModel, predict

@@ -72,7 +72,7 @@ def predict(model: nn.Module, dataset, batch_size: int = 32, indices=None, progr
     log-prob tensors, each cut to its valid frames. dataset.lengths (valid samples, when the
     split kept them) is handed to the model with each batch.
     """
-    from tqdm import tqdm
+    from kwyn.io import tqdm
 
     indices = list(range(len(dataset))) if indices is None else list(indices)
     chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]

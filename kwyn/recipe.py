@@ -85,7 +85,7 @@ class TeacherCache:
 
     @torch.no_grad()
     def _embed(self) -> torch.Tensor:
-        from tqdm import tqdm
+        from kwyn.io import tqdm
 
         device = next(self.model.head.parameters()).device
         chunks = [self.clips[i:i + self.batch_size] for i in range(0, len(self.clips), self.batch_size)]

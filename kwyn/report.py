@@ -653,7 +653,7 @@ def write_all(results: list[dict], tables_dir: Path, figures_dir: Path, referenc
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# readings: what each table and figure says, in sentences generated from the same frames (notebooks/05_report)
+# readings: what each table and figure says, in sentences generated from the same frames (notebooks/04_report)
 
 
 def _points(row) -> float:

@@ -287,7 +287,7 @@ def test_seeds_are_averaged_with_their_spread_and_recipes_keep_their_own_rows(tm
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# readings: the sentences 05_report prints under each table and figure state the numbers of the same frames
+# readings: the sentences 04_report prints under each table and figure state the numbers of the same frames
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
+from kwyn.io import tqdm
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from kwyn.audio import BadAudioError, crop_or_pad, read_audio
 from kwyn.data.nsynth import NSYNTH_FAMILIES, SPLITS, Example, read_nsynth_split
-from kwyn.io import atomic_path, read_json, write_json
+from kwyn.io import atomic_path, read_json, tqdm, write_json
 
 TASK_KINDS = ("label", "multilabel", "text")
 SILENCE_PEAK = 1e-4  # -80 dBFS: below one step of 8-bit audio, above float rounding noise

@@ -41,10 +41,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
 from kwyn.data.nsynth import NSYNTH_FAMILIES, SPLITS
-from kwyn.io import atomic_path
+from kwyn.io import atomic_path, tqdm
 
 SILENT = 1e-4  # max abs below this: the preset does not sound at that pitch
 HOLD_FRACTION = 0.75  # NSynth holds 3 s of a 4 s note

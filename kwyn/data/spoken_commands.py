@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
 from kwyn.data.nsynth import SPLITS, Example
 from kwyn.data.soundfont import to_pcm16
-from kwyn.io import atomic_path
+from kwyn.io import atomic_path, tqdm
 
 CORE_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 # English accents x espeak voice variants (espeak-ng-data/voices/!v), half male, half female
