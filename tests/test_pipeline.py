@@ -178,6 +178,8 @@ def test_every_stage_lists_as_deps_the_kwyn_modules_its_notebook_runs(repo, tmp_
 
 @pytest.mark.slow
 def test_publish_copies_one_experiments_executed_notebooks_with_their_outputs(repo, tmp_path):
+    (repo / "params.yaml").write_text(yaml.safe_dump(grid_params(), sort_keys=False))  # other tests change it
+    run(["dvc", "repro"], repo)
     run([sys.executable, "scripts/publish_notebooks.py", "--out", str(tmp_path)], repo)
     assert (tmp_path / "EXPERIMENT").read_text().strip() == "tiny_kwyn"  # the first that learns masks
     for name in ["01_prepare_data", "02_train_masks", "03_trim", "04_report"]:
