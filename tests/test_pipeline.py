@@ -127,7 +127,7 @@ def test_notebooks_run_top_to_bottom_as_they_are(repo):
     from nbclient import NotebookClient
 
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(steps=6), sort_keys=False))
-    for name in ["02_train_masks", "03_trim", "04_report"]:
+    for name in ["01_prepare_data", "02_train_masks", "03_trim", "04_report"]:
         book = nbformat.read(repo / "notebooks" / f"{name}.ipynb", as_version=4)
         NotebookClient(book, timeout=600, kernel_name="python3",
                        resources={"metadata": {"path": str(repo / "notebooks")}}).execute()
