@@ -158,9 +158,11 @@ def test_every_stage_lists_as_deps_the_kwyn_modules_its_notebook_runs(repo, tmp_
     import re
 
     repo = Path(shutil.copytree(repo, tmp_path / "repo", symlinks=True))  # the stages rerun here, not in `repo`
+    # the grid with a scratch entry, whatever other tests left: a stage group with no entry would go unchecked
+    (repo / "params.yaml").write_text(yaml.safe_dump(grid_params(), sort_keys=False))
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     params = read_yaml(repo / "params.yaml")
-    missing = {}
+    missing, checked = {}, set()
     for name, stage in stages.items():
         body = stage.get("do", stage)
         notebook = re.search(r"(notebooks/\S+\.ipynb)", body["cmd"]).group(1)
@@ -169,11 +171,13 @@ def test_every_stage_lists_as_deps_the_kwyn_modules_its_notebook_runs(repo, tmp_
         keys = list(params.get(section) or {}) if parameter else [None]
         deps = [d for d in body["deps"] if "${" not in d]
         for key in keys:
+            checked.add(f"{name}@{key}" if key else name)
             loaded = _kwyn_files_loaded(repo, notebook, parameter and parameter.group(1), key)
             uncovered = sorted(f for f in loaded if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
             if uncovered:
                 missing[f"{name}@{key}" if key else name] = uncovered
     assert not missing, f"dvc.yaml stages run kwyn modules they do not list as deps: {missing}"
+    assert {"train_scratch@tiny_scratch", "trim_scratch@tiny_scratch"} <= checked, checked
 
 
 @pytest.mark.slow
