@@ -141,20 +141,6 @@ def test_player_decimates():
     assert sf.info(io.BytesIO(explore.player(x, 16000).data)).samplerate == 16000
 
 
-def test_quiet_progress_keeps_the_last_line_of_each_bar(capsys):
-    from tqdm import tqdm
-
-    with explore.quiet_progress():
-        for _ in tqdm(range(50), desc="render", mininterval=0):
-            pass
-        for _ in tqdm(range(3), desc="prepare test", mininterval=0):
-            pass
-    out = capsys.readouterr().out.splitlines()
-    assert len(out) == 2 and out[0].startswith("render: 100%") and "50/50" in out[0]
-    assert out[1].startswith("prepare test: 100%") and "3/3" in out[1]
-    assert explore.progress_lines("\ra: 0%\ra: 50%\ra: 100%\n\n\rb: 1/1\n") == ["a: 100%", "b: 1/1"]
-
-
 def test_task_names(notes):
     prepared, _ = notes
     assert explore.task_names(prepared) == ["pitch", "instrument_family"]
