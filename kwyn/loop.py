@@ -242,10 +242,10 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
                 row.update(phase=phase, distill_loss=d_loss.item() if d_loss is not None else None)
             state["history"].append(row)
             if kept is not None:  # which units each site keeps, per validation: the notebook's kept-share figure
-                sizes = {name: m.site.units for name, m in modulations.by_site().items()}
-                kinds = {name: m.site.kind for name, m in modulations.by_site().items()}
-                state.setdefault("kept", []).extend({"step": done, "site": name, "kind": kinds[name], "units": sizes[name],
-                                                     "kept": len(units)} for name, units in kept.items())
+                sites = {name: m.site for name, m in modulations.by_site().items()}
+                state.setdefault("kept", []).extend({"step": done, "site": name, "kind": sites[name].kind,
+                                                     "units": sites[name].units, "kept": len(units)}
+                                                    for name, units in kept.items())
             bar.set_postfix(val=f"{row['val_metric']:.3f}", trim=f"{row['trim_ratio']:.2f}")
             eligible = modulations is None or modulations.eligible(row["trim_ratio"])
             last = done == steps and state["best"] is None  # a run always ends with a model, eligible or not

@@ -96,8 +96,9 @@ def load_trained(exp: ResolvedExperiment, run_dir: str | Path) -> tuple[TaskMode
 
 
 def copy_selected(round_dir: Path, run_dir: Path) -> None:
-    """A run's top-level best.pt/summary.json: those of its last round (lottery)."""
-    for name in ("best.pt", "summary.json", "history.csv"):
+    """A run's top-level best.pt/summary.json/history.csv (and kept_units.csv): those of its last round (lottery)."""
+    optional = ["kept_units.csv"] if (round_dir / "kept_units.csv").exists() else []
+    for name in ["best.pt", "summary.json", "history.csv", *optional]:
         with atomic_path(run_dir / name) as tmp:
             shutil.copyfile(round_dir / name, tmp)
 

@@ -190,6 +190,9 @@ def test_one_lottery_round_removes_the_share_and_its_trimmed_model_equals_the_ma
     top, last = (load_trimmed(tmp_path / "models" / "lt" / sub) for sub in ("", "rounds/round2"))
     assert top.config["kept_units"] == last.config["kept_units"]
     assert all(torch.equal(a, b) for a, b in zip(top.state_dict().values(), last.state_dict().values()))
+    # so is the run's top level: its kept-units log too (02_train_masks' figure reads it there)
+    for name in ("history.csv", "kept_units.csv"):
+        assert (tmp_path / "runs" / "lt" / name).read_bytes() == (tmp_path / "runs" / "lt" / "round2" / name).read_bytes()
     # every round restarts from the rewind point: round 2's weights came from round 0's step 1, not round 1's end
     rewind = torch.load(tmp_path / "runs" / "lt" / "round0" / "rewind.pt", weights_only=False)
     assert rewind["encoder"] is not None and rewind["head"] is not None
