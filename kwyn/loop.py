@@ -36,7 +36,7 @@ from kwyn.masks import MaskSet, RatioControl, sparsity_loss
 from kwyn.metrics import task_type
 from kwyn.model import TaskModel, predict
 from kwyn.params import ResolvedExperiment
-from kwyn.recipe import Schedule, TeacherCache, distillation_loss, gradient_importance, importance_logits, unit_costs
+from kwyn.recipe import EmbeddingCache, Schedule, distillation_loss, gradient_importance, importance_logits, unit_costs
 from kwyn.runs import build_encoder
 from kwyn.sites import SiteModulationSet
 
@@ -142,8 +142,9 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
         ahead = torch.Generator().manual_seed(cfg.seed)
         upto = schedule.refit_start if recipe.distill else schedule.mask_start
         clips = {i for _ in range(upto) for i in _draw(ahead, len(train_set), cfg.batch_size)}
-        teacher = TeacherCache(model, masks, train_set, clips, progress=progress and runtime.is_main)
+        teacher = EmbeddingCache(model, masks, train_set, clips, progress=progress and runtime.is_main)
     refit_model = None  # the re-fit's encoder: a physically trimmed copy, built when the re-fit starts
+    refit_cache = None  # with recipe.refit_cache, its embeddings of the training split and the validation clips
     val_indices = validation_indices(cfg, len(valid_set))
     key = fingerprint(exp, extra)
 
@@ -189,7 +190,12 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
             if control is not None:  # the masks freeze at the target, wherever the last update left them
                 control.update(schedule.refit_start, force=True)
             refit_model = _trimmed_twin(exp, model, masks, architecture, runtime)
-        batch = _draw(sampler, len(train_set), cfg.batch_size)
+            if recipe.refit_cache:
+                show = progress and runtime.is_main
+                refit_cache = {"train": EmbeddingCache(refit_model, None, train_set, progress=show),
+                               "valid": EmbeddingCache(refit_model, None, valid_set, val_indices, progress=show)}
+        refit_batch = phase == "refit" and recipe.refit_batch_size
+        batch = _draw(sampler, len(train_set), recipe.refit_batch_size if refit_batch else cfg.batch_size)
         shard = distributed.shard(batch, runtime)
         audio, lengths, targets = ttype.collate(train_set, shard)
         audio, targets = audio.to(runtime.device), to_device(targets, runtime.device)
@@ -198,8 +204,11 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
             if phase == "head":
                 outputs = wrapped(audio, lengths, features=teacher(shard))
             elif phase == "refit":
-                with torch.no_grad():
-                    features = refit_model.features(audio, lengths)
+                if refit_cache is not None:
+                    features = refit_cache["train"](shard)
+                else:
+                    with torch.no_grad():
+                        features = refit_model.features(audio, lengths)
                 outputs = wrapped(audio, lengths, features=features)
             elif recipe is not None and recipe.distill:
                 outputs, features = wrapped(audio, lengths, return_features=True)
@@ -229,8 +238,11 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
             if control is not None and phase == "masks":
                 control.update(done, force=True)
             learner.eval()
-            with distributed.autocast(runtime):
-                outputs = predict(refit_model or model, valid_set, 32, val_indices)
+            with distributed.autocast(runtime), torch.no_grad():
+                if refit_cache is not None:
+                    outputs = refit_model.apply_head(refit_cache["valid"](val_indices)).float().cpu()
+                else:
+                    outputs = predict(refit_model or model, valid_set, 32, val_indices)
             metrics = ttype.score(outputs, valid_set, val_indices)
             learner.train()
             kept = modulations.kept_units() if modulations is not None else None

@@ -277,12 +277,25 @@ class Recipe(_Strict):
     # head-only steps after the mask training, the masks frozen: the head re-fits to what they keep instead
     # of chasing a moving encoder, and these steps need no backward through it
     refit: int = Field(0, ge=0)
+    # the re-fit on cached embeddings: when it starts, the trimmed encoder embeds the whole training split and the
+    # validation clips once (a forward of the trimmed model per clip), and each re-fit step is a lookup and a head
+    # step. The head then fits what the masks keep to convergence; refit steps of train.batch_size clips left it
+    # far from it at 75 % removed (README "Convergence in a CPU budget")
+    refit_cache: bool = False
+    # clips per re-fit step (default: train.batch_size); with refit_cache a larger batch costs next to nothing
+    refit_batch_size: Optional[int] = Field(None, ge=1)
     # where the mask logits start: "constant" (train.mask_init for every unit, the paper's) or "importance":
     # mask_init plus the standardised log of each unit's squared task-loss gradient (summed over
     # `init_batches` batches, after the warm-up) per parameter it costs, so the ratio ramp removes the
     # units that matter least for their price first instead of an arbitrary order
     init: Literal["constant", "importance"] = "constant"
     init_batches: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _refit_options_need_a_refit(self):
+        if self.refit == 0 and (self.refit_cache or self.refit_batch_size is not None):
+            raise ValueError("recipe refit_cache and refit_batch_size shape the re-fit: set recipe.refit > 0")
+        return self
 
 
 class HardConcrete(_Strict):

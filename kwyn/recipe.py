@@ -11,12 +11,15 @@ An experiment's `recipe` block (kwyn.params.Recipe) adds three remedies, each of
   distill      while the masks learn, the masked encoder's embedding is pulled towards the full one
                (relative squared error), a dense signal on which units matter;
   refit        the masks freeze after train.steps and the head alone re-fits, for this many steps, to
-               what they keep (the encoder runs forward only).
+               what they keep (the encoder runs forward only); with refit_cache, on the trimmed encoder's
+               embeddings of the whole training split, computed once, so that the head can be fit to convergence.
 
-Schedule says which phase each step is in; TeacherCache holds the full encoder's embeddings.
+Schedule says which phase each step is in; EmbeddingCache holds an encoder's embeddings of a split's clips
+(the full encoder's, for the warm-up and distillation; the trimmed one's, for a cached re-fit).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -53,16 +56,16 @@ class Schedule:
         return "masks" if step < self.refit_start else "refit"
 
 
-class TeacherCache:
-    """The frozen full encoder's embeddings of the training clips a run will draw, computed once, on first use.
+class EmbeddingCache:
+    """An encoder's embeddings of a split's clips, computed once, on first use; then a target costs a lookup.
 
-    The teacher is the student's own encoder with its masks switched off (MaskSet.disabled), so it
-    costs no second copy of the weights. `clips` (default: every clip of the dataset) are embedded in
+    The distillation teacher is the student's own encoder with its masks switched off (pass `masks`:
+    MaskSet.disabled), so it costs no second copy of the weights; a cached re-fit embeds with the
+    physically trimmed encoder (masks None). `clips` (default: every clip of the dataset) are embedded in
     fixed chunks of `batch_size`, in index order, so the values depend on nothing a run does: a resumed
     run, which starts with an empty cache, recomputes exactly the values the uninterrupted run had.
-    After that one batched pass a target costs a lookup.
 
-        teacher = TeacherCache(model, masks, train_set, clips=[3, 17])
+        teacher = EmbeddingCache(model, masks, train_set, clips=[3, 17])
         targets = teacher([3, 17, 3])   # (3, D): the unmasked encoder's embeddings of clips 3, 17, 3
         len(teacher)                    # 2 clips embedded, at the first call
     """
@@ -71,8 +74,8 @@ class TeacherCache:
         from kwyn.model import AsrModel
 
         if not hasattr(model, "features") or isinstance(model, AsrModel):
-            raise ValueError("recipe head_warmup and distill need a pooled task (classification or tagging): "
-                             "the distillation target is the time-averaged embedding")
+            raise ValueError("recipe head_warmup, distill and refit_cache need a pooled task (classification or "
+                             "tagging): what is cached is the time-averaged embedding")
         self.model, self.masks, self.dataset = model, masks, dataset
         self.clips = sorted(set(range(len(dataset)) if clips is None else clips))
         self.batch_size, self.progress = batch_size, progress
@@ -90,8 +93,8 @@ class TeacherCache:
         device = next(self.model.head.parameters()).device
         chunks = [self.clips[i:i + self.batch_size] for i in range(0, len(self.clips), self.batch_size)]
         rows = []
-        with self.masks.disabled():
-            for chunk in tqdm(chunks, desc="teacher", leave=False, disable=not self.progress):
+        with self.masks.disabled() if self.masks is not None else nullcontext():
+            for chunk in tqdm(chunks, desc="embeddings", leave=False, disable=not self.progress):
                 audio = torch.stack([self.dataset[i][0] for i in chunk]).to(device)
                 rows.append(self.model.features(audio).float().cpu())
         return torch.cat(rows)
@@ -100,7 +103,7 @@ class TeacherCache:
         rows = self.row[torch.as_tensor(indices, dtype=torch.long)]
         if (rows < 0).any():
             raise KeyError(f"clips {sorted({i for i, r in zip(indices, rows.tolist()) if r < 0})[:5]} are not in "
-                           "the teacher cache: pass every clip the run draws as `clips`")
+                           "the embedding cache: pass every clip the run draws as `clips`")
         if self.table is None:
             self.table = self._embed()
         return self.table[rows].to(next(self.model.head.parameters()).device)

@@ -10,8 +10,9 @@ from kwyn.masks import MaskSet
 from kwyn.metrics import task_type
 from kwyn.model import predict, task_model
 from kwyn.params import ParamsError, Recipe, experiment, validate
-from kwyn.recipe import (Schedule, TeacherCache, distillation_loss, gradient_importance, importance_logits,
+from kwyn.recipe import (EmbeddingCache, Schedule, distillation_loss, gradient_importance, importance_logits,
                          unit_costs)
+from kwyn import loop
 from kwyn.loop import Learner, _trimmed_twin, fit, validation_indices
 from kwyn.runs import frozen_backbone, load_trained
 from kwyn.train import train
@@ -68,13 +69,13 @@ def test_cached_teacher_targets_equal_recomputed_ones(tiny_data):
     with torch.no_grad():
         for mask in masks.values():  # a student that differs from the teacher: half of every site off
             mask.logits[: mask.logits.numel() // 2] = -1.0
-    teacher = TeacherCache(learner.model, masks, train_set, batch_size=3)  # chunks that split the set unevenly
+    teacher = EmbeddingCache(learner.model, masks, train_set, batch_size=3)  # chunks that split the set unevenly
     assert len(teacher) == 0  # nothing is embedded before the first call
     first = teacher([2, 0, 2])
     assert len(teacher) == len(train_set) and torch.equal(first[0], first[2])
     again = teacher([0, 2])
     assert torch.equal(again, first[[1, 0]])  # served from the cache
-    resumed = TeacherCache(learner.model, masks, train_set, batch_size=3)([0, 2])
+    resumed = EmbeddingCache(learner.model, masks, train_set, batch_size=3)([0, 2])
     assert torch.equal(resumed, again)  # a fresh cache (a resumed run) recomputes the very same values
     full = frozen_backbone(exp)  # a fresh encoder with no mask attached
     with torch.no_grad():
@@ -152,6 +153,55 @@ def test_refit_freezes_the_masks_and_trains_the_head_on_what_they_keep(tmp_path,
         audio = torch.stack([valid_set[i][0] for i in indices])
         twin = _trimmed_twin(exp, masked, record.learner.modulations, {"init": "pretrained"}, distributed.setup("cpu", "fp32"))
         torch.testing.assert_close(twin.features(audio), masked.features(audio), rtol=1e-4, atol=1e-5)
+
+
+def _count_refit_encoder_clips(monkeypatch):
+    """Clips the re-fit's trimmed encoder embeds, counted by a forward hook on the real twin fit() builds."""
+    seen = []
+
+    def counted(*args, **kwargs):
+        twin = _trimmed_twin(*args, **kwargs)
+        features = twin.features
+
+        def counting(audio, lengths=None):
+            seen.append(len(audio))
+            return features(audio, lengths)
+        twin.features = counting  # the real encoder runs; only the clips it gets are counted
+        return twin
+    monkeypatch.setattr(loop, "_trimmed_twin", counted)
+    return seen
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_refit_cache_embeds_each_clip_once_and_refit_batch_size_sizes_the_steps(tmp_path, tiny_data, monkeypatch,
+                                                                                 cached):
+    recipe = {"refit": 6, "refit_batch_size": 5, "refit_cache": cached}
+    exp = tiny_kwyn(recipe, ramp=1.0, steps=4, eval_every=3)
+    seen = _count_refit_encoder_clips(monkeypatch)
+    record = _fit_recording(exp, tiny_data, tmp_path)
+    assert all(torch.equal(r["logits"], record[3]["logits"]) for r in record[4:])  # the masks stay frozen
+    assert not torch.equal(record[4]["head"], record[-1]["head"])  # the head re-fits
+    valid_set = PreparedDataset(tiny_data, "valid", exp.task)
+    train_set = PreparedDataset(tiny_data, "train", exp.task)
+    indices = validation_indices(exp.train, len(valid_set))
+    refit_validations = 3  # after steps 6, 9 and 10 (the last)
+    if cached:  # one pass over the training split and one over the validation clips, whatever the steps
+        assert sum(seen) == len(train_set) + len(indices)
+    else:  # each of the 6 re-fit steps forwards 5 clips, each validation the validation clips
+        assert seen.count(5) == 6 and sum(seen) == 6 * 5 + refit_validations * len(indices)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.phase) == ["masks", "refit", "refit", "refit"]
+    _, ttype = task_type(valid_set, exp.name)
+    masked = record.learner.eval().model  # the cached embeddings score as the masked model does
+    rescored = ttype.score(predict(masked, valid_set, 32, indices), valid_set, indices)[ttype.primary]
+    assert rescored == pytest.approx(history.val_metric.iloc[-1])
+
+
+def test_refit_options_need_a_refit():
+    with pytest.raises(ValueError, match="set recipe.refit > 0"):
+        Recipe(refit_cache=True)
+    with pytest.raises(ValueError, match="set recipe.refit > 0"):
+        Recipe(refit_batch_size=64)
 
 
 def test_distillation_pulls_the_masked_embedding_towards_the_full_one(tmp_path, tiny_data):
