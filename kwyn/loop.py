@@ -194,8 +194,8 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
                 show = progress and runtime.is_main
                 refit_cache = {"train": EmbeddingCache(refit_model, None, train_set, progress=show),
                                "valid": EmbeddingCache(refit_model, None, valid_set, val_indices, progress=show)}
-        refit_batch = phase == "refit" and recipe.refit_batch_size
-        batch = _draw(sampler, len(train_set), recipe.refit_batch_size if refit_batch else cfg.batch_size)
+        batch_size = (recipe.refit_batch_size or cfg.batch_size) if phase == "refit" else cfg.batch_size
+        batch = _draw(sampler, len(train_set), batch_size)
         shard = distributed.shard(batch, runtime)
         audio, lengths, targets = ttype.collate(train_set, shard)
         audio, targets = audio.to(runtime.device), to_device(targets, runtime.device)

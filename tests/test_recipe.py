@@ -156,7 +156,7 @@ def test_refit_freezes_the_masks_and_trains_the_head_on_what_they_keep(tmp_path,
 
 
 def _count_refit_encoder_clips(monkeypatch):
-    """Clips the re-fit's trimmed encoder embeds, counted by a forward hook on the real twin fit() builds."""
+    """Clips the re-fit's trimmed encoder embeds, counted by wrapping `features` of the real twin fit() builds."""
     seen = []
 
     def counted(*args, **kwargs):
