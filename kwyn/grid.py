@@ -88,7 +88,7 @@ def expand(spec: GridSpec) -> dict:
                     skipped.append((f"{prefix}_{method}", f"{dataset}.{task}: {why}"))
                     continue
                 ratios = spec.ratios if m.ratio_block and spec.ratios else [None]
-                recipes = [None, *spec.recipes] if "recipe" in m.blocks else [None]
+                recipes = [None, *spec.recipes_for.get(backbone, spec.recipes)] if "recipe" in m.blocks else [None]
                 for recipe in recipes:
                     for ratio in ratios:
                         entry = {**base, "method": method}

@@ -107,11 +107,12 @@ def _state(module: Optional[nn.Module]):
 
 def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir: Path, *, architecture: dict,
         steps: int, runtime, progress: bool = True, extra: dict | None = None,
-        on_step: Optional[Callable[[int], None]] = None) -> dict:
+        on_step: Optional[Callable[[int], None]] = None, live_dir: Optional[Path] = None) -> dict:
     """Train `learner` for `steps` steps; resumable; writes best.pt, history.csv, summary.json in run_dir.
 
     extra: what else shapes this run (a round's kept units), hashed into the checkpoint's fingerprint;
-    on_step(done) is called after every step (lottery saves its rewinding point there).
+    on_step(done) is called after every step (lottery saves its rewinding point there);
+    live_dir: where the history and the last validation are also written at every validation (dvc plots, exp show).
     """
     cfg = exp.train
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -232,6 +233,12 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
         scaler.update()
         scheduler.step()
         state["step"] = done = step + 1
+        if (recipe is not None and recipe.ramp_refit and phase == "masks" and not state.get("ramp_refit_done")
+                and control.target_at(done) >= control.target):
+            control.update(done, force=True)  # the masks at the target, as the validation at `done` will see them
+            _ramp_refit(exp, model, masks, wrapped, optimizer, scaler, train_set, ttype, architecture, runtime,
+                        progress=progress and runtime.is_main)
+            state["ramp_refit_done"] = True  # in the checkpoint: a resumed run does not re-fit twice
 
         # no validation in a head warm-up: selection never looks there, and the masks have not moved
         if (done % cfg.eval_every == 0 or done == steps) and phase != "head":
@@ -270,6 +277,8 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
                 _write_history(state["history"], run_dir / "history.csv")
                 if state.get("kept"):
                     _write_history(state["kept"], run_dir / "kept_units.csv")
+                if live_dir is not None:
+                    write_live(state["history"], live_dir)
         if (done % cfg.checkpoint_every == 0 or done == steps) and runtime.is_main:
             state["seconds"] = time.perf_counter() - started
             _save({"fingerprint": key, "learner": _trainable_state(learner), "optimizer": optimizer.state_dict(),
@@ -308,6 +317,25 @@ def _trimmed_twin(exp, model: TaskModel, masks: MaskSet, architecture: dict, run
     return type(model)(encoder, model.head)  # the head keeps the mode the loop gives it; the encoder is in eval
 
 
+def _ramp_refit(exp, model: TaskModel, masks: MaskSet, wrapped, optimizer, scaler, train_set, ttype,
+                architecture: dict, runtime, progress: bool) -> None:
+    """The recipe's `ramp_refit`: where the ratio ramp reaches its target, the head alone takes that many steps on
+    the trimmed encoder's embeddings of the training split (cached, one forward per clip), so that the masks train
+    on under a head fitted to what they keep. Batches of its own, so that the training batches stay as they were."""
+    recipe, cfg = exp.recipe, exp.train
+    cache = EmbeddingCache(_trimmed_twin(exp, model, masks, architecture, runtime), None, train_set, progress=progress)
+    drawn = torch.Generator().manual_seed(cfg.seed + 5)
+    for _ in tqdm(range(recipe.ramp_refit), desc="ramp re-fit", leave=False, disable=not progress):
+        shard = distributed.shard(_draw(drawn, len(train_set), recipe.refit_batch_size or cfg.batch_size), runtime)
+        targets = to_device(ttype.collate(train_set, shard)[2], runtime.device)
+        with distributed.autocast(runtime):
+            loss = ttype.loss(wrapped(None, None, features=cache(shard)), targets)
+        optimizer.zero_grad(set_to_none=True)  # the masks get no gradient: Adam leaves them as they are
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+
 def _importance_init(exp, learner: Learner, masks: MaskSet, train_set, ttype, runtime, count) -> None:
     """The recipe's `init: importance`: mask logits from each unit's gradient importance per parameter
     (kwyn.recipe.importance_logits), on batches of their own so that the training batches stay as they were."""
@@ -340,6 +368,21 @@ def to_device(targets, device):
     if isinstance(targets, (tuple, list)):
         return type(targets)(to_device(t, device) for t in targets)
     return targets
+
+
+def write_live(rows: list[dict], live_dir: Path) -> None:
+    """What `dvc exp show` and `dvc plots show` read while a run trains: live_dir/history.csv (every validation so
+    far, as runs/<exp>/history.csv) and live_dir/metrics.json (the last one). Outside the run directory, which
+    is a stage output of its own (dvc.yaml: the train stages' metrics and plots). DVCLive is not used: its Live()
+    opens the DVC repository and its git history at every start, and fails in a repository with no commit.
+
+        write_live([{"step": 30, "val_metric": 0.8, "trim_ratio": 0.5}], Path("live/x"))
+        # live/x/metrics.json: {"step": 30, "val_metric": 0.8, "trim_ratio": 0.5}
+    """
+    live_dir.mkdir(parents=True, exist_ok=True)
+    _write_history(rows, live_dir / "history.csv")
+    last = {k: v for k, v in rows[-1].items() if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+    write_json(live_dir / "metrics.json", last)
 
 
 def _write_history(rows: list[dict], path: Path) -> None:

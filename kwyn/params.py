@@ -284,6 +284,10 @@ class Recipe(_Strict):
     refit_cache: bool = False
     # clips per re-fit step (default: train.batch_size); with refit_cache a larger batch costs next to nothing
     refit_batch_size: Optional[int] = Field(None, ge=1)
+    # head-only steps, on the trimmed encoder's cached embeddings of the training split, at the step where the
+    # ratio ramp reaches sparsity.ratio; then the masks train on. The head otherwise meets the last units' removal
+    # unprepared, and validation collapses where the ramp ends (to 0.1-0.4 at 75 % removed) before it recovers
+    ramp_refit: int = Field(0, ge=0)
     # where the mask logits start: "constant" (train.mask_init for every unit, the paper's) or "importance":
     # mask_init plus the standardised log of each unit's squared task-loss gradient (summed over
     # `init_batches` batches, after the warm-up) per parameter it costs, so the ratio ramp removes the
@@ -293,8 +297,10 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _refit_options_need_a_refit(self):
-        if self.refit == 0 and (self.refit_cache or self.refit_batch_size is not None):
-            raise ValueError("recipe refit_cache and refit_batch_size shape the re-fit: set recipe.refit > 0")
+        if self.refit == 0 and self.ramp_refit == 0 and self.refit_batch_size is not None:
+            raise ValueError("recipe refit_batch_size sizes the re-fit: set recipe.refit or recipe.ramp_refit > 0")
+        if self.refit == 0 and self.refit_cache:
+            raise ValueError("recipe refit_cache shapes the re-fit: set recipe.refit > 0")
         return self
 
 
@@ -417,6 +423,7 @@ class GridSpec(_Strict):
     # named kwyn recipes (kwyn.recipe): each gives <prefix>_kwyn_<name>_<pct> beside the paper's
     # <prefix>_kwyn_<pct> at every ratio, with its own `train` keys from recipe_train
     recipes: dict[str, Recipe] = {}
+    recipes_for: dict[str, list[str]] = {}  # backbone -> the recipes its kwyn experiments get, instead of all of them
     recipe_train: dict[str, TrainOverrides] = {}  # recipe name -> `train` of its experiments, over method_train
     # every experiment and scratch entry once per seed (train.seed); the first keeps the plain name, the others
     # get _seed<k>. Tables and figures show the mean over seeds and their spread (kwyn.report.seed_means)
@@ -468,7 +475,7 @@ class GridSpec(_Strict):
                                      f"({self.datasets[dataset].kind}); known: {known}")
                 if reason := self.datasets[dataset].refusal(task):
                     raise ValueError(f"tasks.{backbone}[{i}]: task {task!r} of dataset {dataset}: {reason}")
-        for key in ("methods_for", "experiment_train", "backbone_scratch_train", "profile"):
+        for key in ("methods_for", "recipes_for", "experiment_train", "backbone_scratch_train", "profile"):
             stray = sorted(set(getattr(self, key)) - set(self.tasks))
             if stray:
                 raise ValueError(f"{key}: backbone(s) {stray} have no `tasks` in this grid; its backbones: "
@@ -483,6 +490,11 @@ class GridSpec(_Strict):
         stray = sorted(set(self.recipe_train) - set(self.recipes))
         if stray:
             raise ValueError(f"recipe_train: unknown recipe(s) {stray}; the grid's recipes: {sorted(self.recipes)}")
+        for backbone, names in self.recipes_for.items():
+            stray = sorted(set(names) - set(self.recipes))
+            if stray:
+                raise ValueError(f"recipes_for.{backbone}: unknown recipe(s) {stray}; the grid's recipes: "
+                                 f"{sorted(self.recipes)}")
         bad = [name for name in self.recipes if not name.isidentifier() or name.isdigit()]
         if bad:
             raise ValueError(f"recipes: names {bad} must be words (they go into experiment names)")

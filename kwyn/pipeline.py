@@ -31,6 +31,11 @@ def run_dir(name: str) -> Path:
     return root() / "runs" / name
 
 
+def live_dir(name: str) -> Path:
+    """The run's training curves and last validation, written at every validation (dvc.yaml: metrics and plots)."""
+    return root() / "live" / name
+
+
 def model_dir(name: str) -> Path:
     return root() / "models" / name
 
@@ -104,7 +109,8 @@ def train(name: str, **kwargs) -> dict:
 
     exp = experiment(name)
     source = model_dir(exp.source) if exp.source is not None else None  # scratch: the model it re-trains
-    return _train.train(exp, data_dir(exp.dataset) / "prepared", run_dir(name), source_model_dir=source, **kwargs)
+    return _train.train(exp, data_dir(exp.dataset) / "prepared", run_dir(name), source_model_dir=source,
+                        live_dir=live_dir(name), **kwargs)
 
 
 def trim(name: str) -> dict:

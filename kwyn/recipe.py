@@ -4,12 +4,15 @@ The paper trains masks and head together from the first step, for 100,000 steps.
 two things go wrong (issue F, README "Convergence in a CPU budget"): the head starts random, so the
 first mask gradients carry little about the task; and while the ratio ramp removes units the head
 chases a moving encoder, so validation collapses at the end of the ramp and recovers only slowly.
-An experiment's `recipe` block (kwyn.params.Recipe) adds three remedies, each off by default:
+An experiment's `recipe` block (kwyn.params.Recipe) adds four remedies, each off by default:
 
   head_warmup  the head alone learns first, for this many steps before train.steps, on the full encoder's
                embeddings (from the teacher cache: one batched pass over the clips the run draws, then lookups);
   distill      while the masks learn, the masked encoder's embedding is pulled towards the full one
                (relative squared error), a dense signal on which units matter;
+  ramp_refit   where the ratio ramp reaches its target, the head alone takes this many steps on the trimmed
+               encoder's cached embeddings, so that validation does not collapse there and the masks train on
+               under a head that fits what they keep;
   refit        the masks freeze after train.steps and the head alone re-fits, for this many steps, to
                what they keep (the encoder runs forward only); with refit_cache, on the trimmed encoder's
                embeddings of the whole training split, computed once, so that the head can be fit to convergence.

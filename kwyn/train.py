@@ -28,10 +28,12 @@ from kwyn.params import ResolvedExperiment
 
 
 def train(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, *, progress: bool = True,
-          on_step: Optional[Callable[[int], None]] = None, source_model_dir: str | Path | None = None) -> dict:
+          on_step: Optional[Callable[[int], None]] = None, source_model_dir: str | Path | None = None,
+          live_dir: str | Path | None = None) -> dict:
     """Train experiment `exp` (any method); resumable; returns the summary.
 
-    source_model_dir: for method scratch, the trimmed model of its source kwyn experiment.
+    source_model_dir: for method scratch, the trimmed model of its source kwyn experiment;
+    live_dir: where the history and the last validation are also written (kwyn.loop.write_live).
     """
     from kwyn.data.prepare import PreparedDataset
 
@@ -41,5 +43,6 @@ def train(exp: ResolvedExperiment, data_root: str | Path, run_dir: str | Path, *
     torch.manual_seed(cfg.seed)
     context = RunContext(exp, PreparedDataset(data_root, "train", exp.task), PreparedDataset(data_root, "valid", exp.task),
                          Path(run_dir), runtime, progress, on_step,
-                         Path(source_model_dir) if source_model_dir is not None else None)
+                         Path(source_model_dir) if source_model_dir is not None else None,
+                         Path(live_dir) if live_dir is not None else None)
     return method_of(exp).run(context)

@@ -6,7 +6,7 @@ first of params.yaml that learns masks): its dataset's 01_prepare_data, its 02_t
 04_report. With --tour it also executes notebooks/00_tour.ipynb there (a minute or two).
 
     python scripts/publish_notebooks.py                      # after dvc repro
-    python scripts/publish_notebooks.py --experiment whisper_word_kwyn_converge_75 --tour
+    python scripts/publish_notebooks.py --experiment whisper_word_kwyn_distil_75 --tour
 """
 from __future__ import annotations
 

@@ -187,6 +187,20 @@ def test_name_by_task_and_extra_experiments_order():
     assert e["scratch"] == {}
 
 
+def test_recipes_for_gives_each_backbone_its_own_recipes():
+    spec = GridSpec.model_validate(small_spec(
+        name_by="task", methods=["kwyn"], ratios=[0.5], lottery=None,
+        tasks={"musicfm": [["gtzan", "genre"]], "wav2vec2-base": [["gtzan", "genre"]]},
+        recipes={"fast": {"refit": 10}, "slow": {"head_warmup": 5}}, recipes_for={"musicfm": ["slow"]}))
+    assert list(expand(spec)["experiments"]) == ["musicfm_genre_kwyn_50", "musicfm_genre_kwyn_slow_50",
+                                                 "w2v2_genre_kwyn_50", "w2v2_genre_kwyn_fast_50",
+                                                 "w2v2_genre_kwyn_slow_50"]
+    with pytest.raises(ValueError, match=r"recipes_for.musicfm: unknown recipe\(s\) \['quick'\]"):
+        GridSpec.model_validate(small_spec(tasks={"musicfm": [["gtzan", "genre"]]}, methods=["kwyn"],
+                                           ratios=[0.5], lottery=None, recipes={"fast": {"refit": 10}},
+                                           recipes_for={"musicfm": ["quick"]}))
+
+
 def test_cli(params_copy, capsys):
     assert _cli(["--params", str(params_copy), "list"]) == 0
     out = capsys.readouterr().out

@@ -71,6 +71,12 @@ def test_repro_writes_tables_figures_and_executed_notebooks(repo):
     run(["dvc", "plots", "show", "-o", "dvc_plots"], repo)
     html = (repo / "dvc_plots" / "index.html").read_text()
     assert "metric_vs_trimming" in html and "metric_vs_latency" in html and "kept_units_heatmap" in html
+    # and every run's training curves, written at each validation
+    assert "live/tiny_kwyn/history.csv" in html
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    metrics = next(iter(shown.values()))["data"]
+    last = (repo / "runs" / "tiny_kwyn" / "history.csv").read_text().splitlines()[-1].split(",")
+    assert metrics["live/tiny_kwyn/metrics.json"]["data"]["step"] == int(last[0])
 
 
 @pytest.mark.slow

@@ -200,8 +200,50 @@ def test_refit_cache_embeds_each_clip_once_and_refit_batch_size_sizes_the_steps(
 def test_refit_options_need_a_refit():
     with pytest.raises(ValueError, match="set recipe.refit > 0"):
         Recipe(refit_cache=True)
-    with pytest.raises(ValueError, match="set recipe.refit > 0"):
+    with pytest.raises(ValueError, match="set recipe.refit or recipe.ramp_refit > 0"):
         Recipe(refit_batch_size=64)
+    Recipe(ramp_refit=10, refit_batch_size=64)  # sizes the ramp's re-fit
+    raw = tiny_params()
+    raw["experiments"]["tiny_kwyn"]["recipe"] = {"ramp_refit": 10}  # tiny_kwyn's sparsity has no ratio
+    with pytest.raises(ParamsError, match="ramp_refit .* set sparsity.ratio"):
+        validate(raw)
+
+
+def test_ramp_refit_fits_the_head_once_where_the_ramp_ends_and_leaves_the_masks_alone(tmp_path, tiny_data,
+                                                                                       monkeypatch):
+    # 8 mask steps, the ramp reaches the target after step 4
+    torch.manual_seed(0)  # the same initial head for both runs
+    plain = _fit_recording(tiny_kwyn({"distill": 0.0}, steps=8, eval_every=4), tiny_data, tmp_path / "plain")
+    seen = _count_refit_encoder_clips(monkeypatch)
+    exp = tiny_kwyn({"ramp_refit": 20, "refit_batch_size": 5}, steps=8, eval_every=4)
+    torch.manual_seed(0)
+    record = _fit_recording(exp, tiny_data, tmp_path / "ramp")
+    train_set = PreparedDataset(tiny_data, "train", exp.task)
+    assert sum(seen) == len(train_set)  # one pass of the trimmed encoder over the training split, once
+    for before in range(4):  # up to the ramp's end the two runs are one run
+        assert torch.equal(record[before]["logits"], plain[before]["logits"])
+        assert torch.equal(record[before]["head"], plain[before]["head"]) or before == 3
+    assert not torch.equal(record[3]["head"], plain[3]["head"])  # at its end, 20 head steps more
+    assert not torch.equal(record[-1]["logits"], record[3]["logits"])  # then the masks train on
+    history = pd.read_csv(tmp_path / "ramp" / "history.csv")
+    assert list(history.step) == [4, 8] and (history.phase == "masks").all()
+    assert history.trim_ratio.iloc[0] == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_run_resumed_after_the_ramp_refit_does_not_refit_again(tmp_path, tiny_data, monkeypatch):
+    exp = tiny_kwyn({"ramp_refit": 6}, steps=8, eval_every=4, checkpoint_every=4)
+    train(exp, tiny_data, tmp_path / "straight", progress=False)
+
+    def interrupt(step):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(exp, tiny_data, tmp_path / "interrupted", progress=False, on_step=interrupt)
+    seen = _count_refit_encoder_clips(monkeypatch)
+    train(exp, tiny_data, tmp_path / "interrupted", progress=False)
+    assert seen == []  # the checkpoint at step 4 holds the re-fitted head
+    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / d / "history.csv") for d in ("straight", "interrupted")))
 
 
 def test_distillation_pulls_the_masked_embedding_towards_the_full_one(tmp_path, tiny_data):

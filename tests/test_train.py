@@ -1,4 +1,6 @@
 """Training loop: frozen encoder, resumable runs, exact trimming-ratio bookkeeping, trim + evaluate."""
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -56,6 +58,28 @@ def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupte
         torch.testing.assert_close(a["head"][key], b["head"][key])
     for key in a["modulations"]:
         torch.testing.assert_close(a["modulations"][key], b["modulations"][key])
+
+
+def test_training_curves_are_written_outside_the_run_while_it_trains_and_once_after_a_resume(tmp_path, tiny_data):
+    exp = tiny(steps=9)  # validations at 3, 6, 9; a checkpoint at 3
+    live = tmp_path / "live"
+    seen = {}
+
+    def look(step):
+        if step == 5:  # after the first validation, before the second: what an outside reader finds mid-run
+            seen["metrics"] = json.loads((live / "metrics.json").read_text())
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(exp, tiny_data, tmp_path / "run", progress=False, on_step=look, live_dir=live)
+    assert seen["metrics"]["step"] == 3 and 0 <= seen["metrics"]["val_metric"] <= 1
+    train(exp, tiny_data, tmp_path / "run", progress=False, live_dir=live)  # resumed from step 3
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    curve = pd.read_csv(live / "history.csv")
+    assert list(curve.step) == [3, 6, 9]  # each validation once, though steps 4-5 ran twice
+    pd.testing.assert_frame_equal(curve, history)
+    last = json.loads((live / "metrics.json").read_text())
+    assert last["step"] == 9 and last["val_metric"] == pytest.approx(history.val_metric.iloc[-1])
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path, tiny_data):

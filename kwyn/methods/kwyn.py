@@ -23,6 +23,9 @@ class Kwyn(Method):
         if exp.recipe is not None and exp.recipe.init == "importance" and exp.sparsity.ratio is None:
             raise ValueError("recipe.init 'importance' starts some logits below 0, which only ratio control "
                              "(sparsity.ratio) keeps on until the ramp removes them: set sparsity.ratio")
+        if exp.recipe is not None and exp.recipe.ramp_refit and exp.sparsity.ratio is None:
+            raise ValueError("recipe.ramp_refit re-fits the head where the ratio ramp ends, which only ratio control "
+                             "(sparsity.ratio) has: set sparsity.ratio")
 
     def setting(self, result: dict) -> str:
         from kwyn.report import recipe_text

@@ -90,7 +90,8 @@ class Lottery(Method):
 
             summaries.append(fit(exp, learner, ctx.train_set, ctx.valid_set, run_dir / f"round{r}",
                                  architecture=architecture, steps=steps, runtime=runtime, progress=ctx.progress,
-                                 extra={"round": r, "kept": kept}, on_step=on_step))
+                                 extra={"round": r, "kept": kept}, on_step=on_step,
+                                 live_dir=ctx.live_dir))  # the round in training: each round rewrites it
         if runtime.is_main:
             copy_selected(run_dir / f"round{cfg.rounds}", run_dir)
         return {**summaries[-1], "rounds": summaries}

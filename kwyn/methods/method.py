@@ -31,6 +31,7 @@ class RunContext:
     progress: bool = True
     on_step: Optional[Callable[[int], None]] = None
     source_model_dir: Optional[Path] = None  # scratch: the trimmed model of its source experiment
+    live_dir: Optional[Path] = None  # the history and last validation here too, at every validation (kwyn.loop.write_live)
 
 
 class Method:
@@ -70,7 +71,8 @@ class Method:
         architecture = self.architecture(ctx)
         learner = self.learner(exp, ctx.train_set, architecture)
         return fit(exp, learner, ctx.train_set, ctx.valid_set, ctx.run_dir, architecture=architecture,
-                   steps=exp.train.steps, runtime=ctx.runtime, progress=ctx.progress, on_step=ctx.on_step)
+                   steps=exp.train.steps, runtime=ctx.runtime, progress=ctx.progress, on_step=ctx.on_step,
+                   live_dir=ctx.live_dir)
 
     def learner(self, exp, train_set, architecture: dict | None = None):
         """What a run of this method optimises before its first step (kwyn.loop.Learner): the encoder (seeded by
