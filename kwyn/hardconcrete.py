@@ -12,7 +12,8 @@ the expected share of parameters removed, E. A Lagrangian drives E to the target
 
     L = task loss + lambda1 (E - t) + lambda2 (E - t)^2,   lambda1, lambda2 trained by gradient ascent
 
-In evaluation a site keeps its round(sum P(z != 0)) units of largest log_alpha, at 1; the others are 0. DPHuBERT
+In evaluation a site keeps its round(sum P(z != 0)) units of largest log_alpha (rounded down to a multiple of
+`multiple_of`, as ratio control's widths), at 1; the others are 0. DPHuBERT
 keeps the kept units at a soft value (sigmoid(0.8 log_alpha / beta)) folded into the weights when pruning; kwyn keeps
 them at 1, so that the masked model is exactly the trimmed one without rewriting weights, and the head (trained on
 sampled gates) sees the units as they are.
@@ -28,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from kwyn.sites import MaskSite, SiteModulation, SiteModulationSet
+from kwyn.sites import MaskSite, SiteModulation, SiteModulationSet, widths_in_multiples
 
 STRETCH = (-0.1, 1.1)  # (l, r): the stretched interval, clipped to [0, 1] (Louizos et al.)
 ELIGIBLE_BELOW_TARGET = 0.02  # a checkpoint is selectable once it removes at least target - this
@@ -37,12 +38,19 @@ ELIGIBLE_BELOW_TARGET = 0.02  # a checkpoint is selectable once it removes at le
 class HardConcreteGate(SiteModulation):
     """The HardConcrete gates of one site's units: sampled in training, kept units at 1 in evaluation."""
 
-    def __init__(self, site: MaskSite, init_drop: float = 0.01, beta: float = 2 / 3):
+    def __init__(self, site: MaskSite, init_drop: float = 0.01, beta: float = 2 / 3, multiple_of: int = 1):
         super().__init__(site)
         if not 0 < init_drop < 1:
             raise ValueError(f"init_drop must be in (0, 1), got {init_drop}")
         self.register_buffer("beta", torch.tensor(float(beta)))  # in the state: a loaded gate keeps its temperature
+        # and its width rounding (kwyn.sites.widths_in_multiples), so that a loaded gate keeps the same units
+        self.register_buffer("multiple_of", torch.tensor(int(multiple_of)))
         self.log_alpha = nn.Parameter(torch.full((site.units,), math.log(1 - init_drop) - math.log(init_drop)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # gates saved before the rounding existed kept every width as it came
+        state_dict.setdefault(prefix + "multiple_of", torch.tensor(1))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def keep_probability(self) -> torch.Tensor:
         """P(z_u != 0) per unit: differentiable in log_alpha."""
@@ -56,8 +64,10 @@ class HardConcreteGate(SiteModulation):
         return (s * (high - low) + low).clamp(0.0, 1.0)
 
     def kept(self) -> torch.Tensor:
-        """The round(expected number kept) units of largest log_alpha, sorted."""
+        """The round(expected number kept) units of largest log_alpha, sorted; with multiple_of N, that number
+        rounded down to a multiple of N (kwyn.sites.widths_in_multiples)."""
         n = int(round(float(self.keep_probability().detach().sum())))
+        n = widths_in_multiples({self.site.name: n}, [self.site], int(self.multiple_of))[self.site.name]
         order = torch.argsort(self.log_alpha.detach(), descending=True, stable=True)
         return order[:n].sort().values.cpu()
 
@@ -76,8 +86,8 @@ class HardConcreteSet(SiteModulationSet):
     """One HardConcreteGate per site and the Lagrangian that holds their expected size at a target."""
     kind = "hardconcrete"
 
-    def __init__(self, sites: list[MaskSite], init_drop: float = 0.01, beta: float = 2 / 3):
-        super().__init__([HardConcreteGate(s, init_drop, beta) for s in sites])
+    def __init__(self, sites: list[MaskSite], init_drop: float = 0.01, beta: float = 2 / 3, multiple_of: int = 1):
+        super().__init__([HardConcreteGate(s, init_drop, beta, multiple_of) for s in sites])
         self.lambdas = nn.Parameter(torch.zeros(2))  # lambda1, lambda2 of the Lagrangian (maximised)
         self._count = None
 

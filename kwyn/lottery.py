@@ -33,7 +33,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from kwyn.sites import MaskSite, SiteModulation, SiteModulationSet
+from kwyn.sites import MaskSite, SiteModulation, SiteModulationSet, widths_in_multiples
 
 SCORES = ("magnitude", "activation", "gradient")
 
@@ -213,8 +213,10 @@ def unit_scores(method: str, model: nn.Module, sites: list[MaskSite] | None = No
 
 # -- pruning and rewinding -------------------------------------------------------------------
 def prune_round(scores: dict[str, torch.Tensor], kept: dict[str, torch.Tensor], share: float = 0.2,
-                normalize: bool = True) -> dict[str, torch.Tensor]:
-    """Remove the globally lowest-scored round(share * n_kept) units among those still kept.
+                normalize: bool = True, sites: list | None = None, multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Remove the globally lowest-scored round(share * n_kept) units among those still kept; with multiple_of N
+    (and the `sites`), each conv and FFN site then also drops its lowest-scored units down to a multiple of N
+    (kwyn.sites.widths_in_multiples), so a round removes at least `share`.
 
     scores[site]: one score per unit of the site (higher = more important); only the kept units
     are ranked. normalize: each site's kept scores are first divided by their mean (a site whose
@@ -248,6 +250,14 @@ def prune_round(scores: dict[str, torch.Tensor], kept: dict[str, torch.Tensor], 
     for name, idx in names:
         out[name] = idx[~removed[start:start + idx.numel()]]
         start += idx.numel()
+    if multiple_of > 1:
+        if sites is None:
+            raise ValueError("prune_round: multiple_of needs the sites (their kinds and widths)")
+        widths = widths_in_multiples({name: len(idx) for name, idx in out.items()}, sites, multiple_of)
+        for name, idx in out.items():
+            site_scores = torch.as_tensor(scores[name]).detach().flatten().double().cpu()[idx]
+            best = torch.sort(site_scores, descending=True, stable=True).indices[:widths[name]]
+            out[name] = idx[best].sort().values
     return out
 
 

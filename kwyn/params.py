@@ -313,6 +313,9 @@ class HardConcrete(_Strict):
     lr: float = Field(0.1, gt=0)
     init_drop: float = Field(0.01, gt=0, lt=1)  # every gate starts with this probability of being 0 (DPHuBERT's)
     beta: float = Field(2 / 3, gt=0)  # temperature of the concrete distribution (Louizos et al.)
+    # each conv and FFN site keeps a multiple of this many units (its expected count rounded down), as
+    # sparsity.multiple_of does for kwyn: CPU kernels are faster on such widths
+    multiple_of: int = Field(1, ge=1)
 
 
 class Lottery(_Strict):
@@ -323,6 +326,9 @@ class Lottery(_Strict):
     rewind_step: int = Field(0, ge=0)  # weights rewound to this step of round 0, the dense fine-tuning (0: pretrained)
     steps: Optional[int] = Field(None, ge=1)  # training steps per round; None: train.steps
     score_batches: int = Field(4, ge=1)  # batches for the activation and gradient scores
+    # each conv and FFN site keeps a multiple of this many units after a round (its lowest-scored go), as
+    # sparsity.multiple_of does for kwyn: CPU kernels are faster on such widths
+    multiple_of: int = Field(1, ge=1)
 
 
 class Convexity(_Strict):

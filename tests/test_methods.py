@@ -137,6 +137,61 @@ def test_ratio_control_keeps_widths_in_multiples_and_still_lands_on_the_ratio(ba
     assert 0.5 <= achieved <= 0.53, achieved
 
 
+def _assert_widths_in_multiples(backbone, kept, multiple):
+    for site in backbone.mask_sites():
+        n = len(kept[site.name])
+        assert site.kind == "attention_heads" or n % multiple == 0 or n == site.units, (site.name, n)
+
+
+@pytest.mark.parametrize("backbone_name", ["crepe-tiny", "whisper-tiny-encoder"])
+def test_a_lottery_round_keeps_widths_in_multiples_and_each_site_its_best_scored_units(backbone_name):
+    from kwyn.backbones import load_backbone
+    from kwyn.lottery import prune_round
+
+    backbone = load_backbone(backbone_name)
+    sites = backbone.mask_sites()
+    scores = {s.name: torch.rand(s.units, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(sites)}
+    every = {s.name: torch.arange(s.units) for s in sites}
+    plain = prune_round(scores, every, 0.3)
+    rounded = prune_round(scores, every, 0.3, sites=sites, multiple_of=8)
+    _assert_widths_in_multiples(backbone, rounded, 8)
+    for site in sites:  # rounding only takes away, each site's lowest-scored first
+        a, b = set(plain[site.name].tolist()), set(rounded[site.name].tolist())
+        assert b <= a and len(a) - len(b) < 8
+        if a - b and b:
+            assert max(scores[site.name][sorted(a - b)]) <= min(scores[site.name][sorted(b)])
+    assert any(len(plain[s.name]) != len(rounded[s.name]) for s in sites)  # there was something to round
+    with pytest.raises(ValueError, match="multiple_of needs the sites"):
+        prune_round(scores, every, 0.3, multiple_of=8)
+
+
+@pytest.mark.parametrize("backbone_name", ["crepe-tiny", "whisper-tiny-encoder"])
+def test_hardconcrete_gates_keep_widths_in_multiples_also_once_reloaded(backbone_name):
+    from kwyn.backbones import load_backbone
+    from kwyn.hardconcrete import HardConcreteSet
+
+    backbone = load_backbone(backbone_name)
+    gates = HardConcreteSet(backbone.mask_sites(), multiple_of=8)
+    with torch.no_grad():  # expected widths that are not multiples of 8
+        for i, gate in enumerate(gates.values()):
+            gate.log_alpha.copy_(torch.randn(gate.log_alpha.shape, generator=torch.Generator().manual_seed(i)))
+    kept = gates.kept_units()
+    _assert_widths_in_multiples(backbone, kept, 8)
+    plain = HardConcreteSet(backbone.mask_sites())
+    state = {k: v for k, v in gates.state_dict().items() if not k.endswith("multiple_of")}
+    plain.load_state_dict(state)  # a gate saved before the option existed: every width as it comes
+    unrounded = plain.kept_units()
+    assert any(len(unrounded[n]) != len(kept[n]) for n in kept)
+    reloaded = HardConcreteSet(backbone.mask_sites())  # as kwyn.runs.load_trained rebuilds a run's gates
+    reloaded.load_state_dict(gates.state_dict())
+    assert all(torch.equal(reloaded.kept_units()[n], kept[n]) for n in kept)
+    for name, gate in gates.by_site().items():  # the kept units are the largest log_alpha of their site
+        on = torch.zeros(gate.log_alpha.numel(), dtype=torch.bool)
+        on[kept[name]] = True
+        if on.any() and (~on).any():
+            assert gate.log_alpha[on].min() >= gate.log_alpha[~on].max()
+
+
 @pytest.mark.parametrize("name", ["crepe-tiny", "whisper-tiny-encoder", "wavlm-base", "musicfm", "clap-cnn14"])
 def test_fast_param_counter_equals_exact_counts(name):
     # wavlm-base: its projection gains one column when conv 6 loses its first channel (the jump the counter models)

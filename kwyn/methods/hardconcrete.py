@@ -25,7 +25,7 @@ class HardConcrete(Method):
         from kwyn.hardconcrete import HardConcreteSet
 
         cfg = exp.hardconcrete
-        gates = HardConcreteSet(backbone.mask_sites(), cfg.init_drop, cfg.beta)
+        gates = HardConcreteSet(backbone.mask_sites(), cfg.init_drop, cfg.beta, cfg.multiple_of)
         gates.constrain(backbone.trimmed_param_counter(), backbone.param_count(), cfg.ratio,
                         round(cfg.ratio_ramp * exp.train.steps), cfg.lr)
         return gates

@@ -74,7 +74,8 @@ class Lottery(Method):
                 scores = unit_scores(cfg.score, learner.model, batches=[b if cfg.score == "gradient" else b[0]
                                                                         for b in batches],
                                      loss_fn=lambda model, batch: ttype.loss(model(batch[0]), batch[1]))
-                masks.set_kept(prune_round(scores, masks.kept_units(), cfg.share))
+                masks.set_kept(prune_round(scores, masks.kept_units(), cfg.share, sites=backbone.mask_sites(),
+                                           multiple_of=cfg.multiple_of))
                 rewind = torch.load(rewind_path, map_location="cpu", weights_only=False)
                 backbone.load_state_dict(rewind["encoder"])
                 head.load_state_dict(rewind["head"])
