@@ -3,7 +3,7 @@ exported fp32 and quantised int8 (kwyn.export.evaluate_int8), beside the full en
 
 Run after `make repro` (it reads models/<experiment> and the prepared test split of its dataset):
 
-    python benchmarks/int8_grid.py --experiments crepe_pitch_kwyn_converge_50 crepe_pitch_kwyn_converge_75 \
+    python benchmarks/int8_grid.py --experiments crepe_pitch_kwyn_refit_50 crepe_pitch_kwyn_refit_75 \
         --json benchmarks/results/int8_grid.json
 
 The ONNX files go to a temporary folder; <json>.md gets the table.
