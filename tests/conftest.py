@@ -38,6 +38,18 @@ def tiny_params(steps=6, **train) -> dict:
     return raw
 
 
+def train_killed_after(step: int, exp, data, run_dir) -> None:
+    """kwyn.train.train stopped by a KeyboardInterrupt after `step` steps, as a killed stage would be."""
+    from kwyn.train import train
+
+    def interrupt(done):
+        if done == step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(exp, data, run_dir, progress=False, on_step=interrupt)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Rendered + prepared notes of TINY_DATASET (real rendering and preparation code)."""

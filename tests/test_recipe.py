@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import tiny_params, train_killed_after
 
 from kwyn import distributed
 from kwyn.data.prepare import PreparedDataset
@@ -233,13 +233,7 @@ def test_ramp_refit_fits_the_head_once_where_the_ramp_ends_and_leaves_the_masks_
 def test_a_run_resumed_after_the_ramp_refit_does_not_refit_again(tmp_path, tiny_data, monkeypatch):
     exp = tiny_kwyn({"ramp_refit": 6}, steps=8, eval_every=4, checkpoint_every=4)
     train(exp, tiny_data, tmp_path / "straight", progress=False)
-
-    def interrupt(step):
-        if step == 6:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(exp, tiny_data, tmp_path / "interrupted", progress=False, on_step=interrupt)
+    train_killed_after(6, exp, tiny_data, tmp_path / "interrupted")
     seen = _count_refit_encoder_clips(monkeypatch)
     train(exp, tiny_data, tmp_path / "interrupted", progress=False)
     assert seen == []  # the checkpoint at step 4 holds the re-fitted head

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import tiny_params, train_killed_after
 
 from kwyn.evaluate import evaluate_run, trim_run
 from kwyn.params import experiment, validate
@@ -40,13 +40,7 @@ def test_logged_trim_ratio_is_the_exact_share_of_parameters(tmp_path, tiny_data)
 def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path, tiny_data):
     exp = tiny(steps=9)
     train(exp, tiny_data, tmp_path / "straight", progress=False)
-
-    def interrupt(step):
-        if step == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(exp, tiny_data, tmp_path / "interrupted", progress=False, on_step=interrupt)
+    train_killed_after(5, exp, tiny_data, tmp_path / "interrupted")
     assert torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
     seen = []
     train(exp, tiny_data, tmp_path / "interrupted", progress=False, on_step=seen.append)
