@@ -294,6 +294,8 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
                "fingerprint": key}
     if runtime.is_main:
         _write_history(state["history"], run_dir / "history.csv")
+        if live_dir is not None and state["history"]:  # also when a finished run is resumed: no step, no validation
+            write_live(state["history"], live_dir)
         write_json(run_dir / "summary.json", summary)
     distributed.barrier(runtime)
     return summary

@@ -1,5 +1,6 @@
 """Training loop: frozen encoder, resumable runs, exact trimming-ratio bookkeeping, trim + evaluate."""
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -74,6 +75,9 @@ def test_training_curves_are_written_outside_the_run_while_it_trains_and_once_af
     pd.testing.assert_frame_equal(curve, history)
     last = json.loads((live / "metrics.json").read_text())
     assert last["step"] == 9 and last["val_metric"] == pytest.approx(history.val_metric.iloc[-1])
+    shutil.rmtree(live)  # as DVC clears a stage's outputs before it reruns a finished, persisted run
+    train(exp, tiny_data, tmp_path / "run", progress=False, live_dir=live)  # nothing left to train
+    pd.testing.assert_frame_equal(pd.read_csv(live / "history.csv"), history)
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path, tiny_data):
