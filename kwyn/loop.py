@@ -383,7 +383,8 @@ def write_live(rows: list[dict], live_dir: Path) -> None:
     """
     live_dir.mkdir(parents=True, exist_ok=True)
     _write_history(rows, live_dir / "history.csv")
-    last = {k: v for k, v in rows[-1].items() if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+    last = {k: v for k, v in rows[-1].items()
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
     write_json(live_dir / "metrics.json", last)
 
 

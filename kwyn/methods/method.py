@@ -31,7 +31,8 @@ class RunContext:
     progress: bool = True
     on_step: Optional[Callable[[int], None]] = None
     source_model_dir: Optional[Path] = None  # scratch: the trimmed model of its source experiment
-    live_dir: Optional[Path] = None  # the history and last validation here too, at every validation (kwyn.loop.write_live)
+    # the history and last validation written here too, at every validation (kwyn.loop.write_live)
+    live_dir: Optional[Path] = None
 
 
 class Method:
