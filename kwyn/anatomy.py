@@ -87,7 +87,7 @@ def ratio_control_cut(learner, exp) -> pd.DataFrame:
         raise ValueError(f"{exp.name} asks for no trimming ratio (sparsity.ratio): ratio control is not used")
     masks, backbone = learner.modulations, learner.model.backbone
     control = RatioControl(backbone, masks, exp.sparsity.ratio, exp.train.steps, exp.sparsity.ratio_ramp,
-                           seed=exp.train.seed, multiple_of=exp.sparsity.multiple_of, ranking=exp.sparsity.ranking)
+                           seed=exp.train.seed, multiple_of=exp.sparsity.multiple_of)
     control.update(exp.train.steps, force=True)
     kept = masks.kept_units()
     table = pd.DataFrame([{"site": name, "kind": mask.site.kind, "units": mask.site.units, "kept": len(kept[name])}

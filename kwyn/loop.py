@@ -130,7 +130,7 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
     if masks is not None and exp.sparsity.ratio is not None:
         control = RatioControl(model.backbone, masks, exp.sparsity.ratio, schedule.mask_steps,
                                exp.sparsity.ratio_ramp, seed=cfg.seed, start=schedule.mask_start,
-                               multiple_of=exp.sparsity.multiple_of, ranking=exp.sparsity.ranking)
+                               multiple_of=exp.sparsity.multiple_of)
     warmup_steps = math.ceil(cfg.warmup * steps) if learner.train_encoder else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [(lambda s: min(1.0, (s + 1) / warmup_steps)) if g["name"] == "encoder" and warmup_steps

@@ -114,9 +114,6 @@ def sparsity_loss(name: str, logits: list[torch.Tensor], t: float) -> torch.Tens
     raise ValueError(f"unknown sparsity loss {name!r}; known: {', '.join(SPARSITY_LOSSES)}")
 
 
-RANKINGS = ("global", "per_kind")
-
-
 class RatioControl:
     """Lands the masks on a requested trimming ratio by moving the rounding threshold.
 
@@ -133,25 +130,16 @@ class RatioControl:
     FFN site keeps a multiple of N units (kwyn.sites.widths_in_multiples; CPU kernels are faster on such
     widths): each site then gets its own threshold, keeping its best-ranked units.
 
-    `ranking="per_kind"` ranks the units of each site kind (conv channel, attention head, FFN unit) among
-    themselves and removes the same share of every kind. Ranked globally, a unit's logit decides but not its
-    cost: on Whisper tiny one attention head holds the parameters of 128 FFN units, so one head crossing
-    the threshold swaps ~128 FFN units the other way and the kept set jumps between validations.
-    Per kind, a head that leaves is replaced by a head. Each site again gets its own threshold.
-
         control = RatioControl(backbone, masks, target=0.5, total_steps=1000)
         for step in range(1000):
             control.update(step)  # then a training step; masks.kept_units() removes ~50 % at the end
     """
 
     def __init__(self, backbone, masks: MaskSet, target: float, total_steps: int, ramp: float = 0.5,
-                 every: int = 5, seed: int = 0, start: int = 0, multiple_of: int = 1, ranking: str = "global"):
+                 every: int = 5, seed: int = 0, start: int = 0, multiple_of: int = 1):
         if not 0 < target < 1:
             raise ValueError(f"ratio must be in (0, 1), got {target}")
-        if ranking not in RANKINGS:
-            raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
         self.backbone, self.masks, self.target, self.multiple_of = backbone, masks, target, multiple_of
-        self.ranking = ranking
         self.sites = [mask.site for mask in masks.values()]
         # total_steps: the mask-training steps, which begin at step `start` (after a head warm-up)
         self.ramp_steps, self.every, self.start = max(1, round(ramp * total_steps)), every, start
@@ -176,34 +164,6 @@ class RatioControl:
     def ratio_keeping(self, order: list[tuple[str, int]], count: int) -> float:
         return 1.0 - self.count(self.kept_counts(order, count)) / self.full
 
-    def kept_counts_per_kind(self, orders: dict[str, list[tuple[str, int]]], share: float) -> dict[str, int]:
-        """Units kept per site when each kind keeps its best-ranked `share` of its units (then multiple_of)."""
-        kept = dict.fromkeys(self.masks.by_site(), 0)
-        for order in orders.values():
-            for name, _ in order[:round(share * len(order))]:
-                kept[name] += 1
-        return widths_in_multiples(kept, self.sites, self.multiple_of)
-
-    def _per_kind_counts(self, order: list[tuple[str, int]], target: float) -> dict[str, int]:
-        kinds = {name: mask.site.kind for name, mask in self.masks.by_site().items()}
-        orders: dict[str, list[tuple[str, int]]] = {}
-        for name, unit in order:
-            orders.setdefault(kinds[name], []).append((name, unit))
-        # the largest kept share whose removal still reaches the target (the removed share falls as it grows)
-        low, high = 0.0, 1.0
-        for _ in range(40):
-            mid = (low + high) / 2
-            if 1.0 - self.count(self.kept_counts_per_kind(orders, mid)) / self.full >= target:
-                low = mid
-            else:
-                high = mid
-        return self.kept_counts_per_kind(orders, low)
-
-    def _set_site_thresholds(self, counts: dict[str, int]) -> None:
-        for name, k in counts.items():
-            mask = self.masks[name]
-            mask.threshold.fill_(_threshold_keeping(torch.sort(mask.logits.detach().cpu(), descending=True).values, k))
-
     @torch.no_grad()
     def update(self, step: int, force: bool = False) -> float:
         """Set the threshold for `step` (every `every` steps, or when forced); returns the target used."""
@@ -214,9 +174,6 @@ class RatioControl:
         names = [(name, unit) for name, mask in self.masks.by_site().items() for unit in range(mask.logits.numel())]
         ranked = torch.argsort(logits, descending=True, stable=True).tolist()
         order = [names[i] for i in ranked]
-        if self.ranking == "per_kind":
-            self._set_site_thresholds(self._per_kind_counts(order, target))
-            return target
         # the most units kept whose removal still reaches the target: ratio falls as more are kept
         low, high = 0, len(order)
         while low < high:
@@ -226,7 +183,9 @@ class RatioControl:
             else:
                 high = mid - 1
         if self.multiple_of > 1:  # a threshold per site: its best-ranked kept_counts units
-            self._set_site_thresholds(self.kept_counts(order, low))
+            for name, k in self.kept_counts(order, low).items():
+                mask = self.masks[name]
+                mask.threshold.fill_(_threshold_keeping(torch.sort(mask.logits.detach().cpu(), descending=True).values, k))
             return target
         sorted_logits = logits[ranked]
         if low == 0:

@@ -258,10 +258,6 @@ class Sparsity(_Strict):
     # ratio control keeps a multiple of this many units at every conv and FFN site (heads are whole already):
     # CPU kernels run faster on such widths (README "Benchmarks"); 1 = any width, the paper's
     multiple_of: int = Field(1, ge=1)
-    # how ratio control ranks units: "global", all units by logit (the paper's threshold is one number); or
-    # "per_kind", each kind (conv, head, FFN) among itself, the same share removed from each, so that one
-    # costly head crossing the threshold does not swap a hundred FFN units (kwyn.masks.RatioControl)
-    ranking: Literal["global", "per_kind"] = "global"
 
 
 class Recipe(_Strict):

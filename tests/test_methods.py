@@ -4,7 +4,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -303,61 +302,3 @@ def test_ddp_on_cpu_with_two_processes_trains_like_one_process_on_the_whole_batc
         torch.testing.assert_close(ddp["learner"][key], value, atol=1e-5, rtol=1e-4)
     moved = [k for k in single["learner"] if "logits" in k]
     assert moved and any((single["learner"][k] != 1.0).any() for k in moved)  # the masks did learn
-
-
-def test_per_kind_ranking_removes_the_same_share_of_every_kind_each_by_logit_and_lands_on_the_ratio():
-    from kwyn.backbones import load_backbone
-    from kwyn.masks import MaskSet, RatioControl
-
-    backbone = load_backbone("whisper-tiny-encoder")  # conv channels, attention heads and FFN units
-    masks = MaskSet(backbone.mask_sites())
-    with torch.no_grad():  # heads ranked below every other unit: a global ranking would remove them all first
-        for i, mask in enumerate(masks.values()):
-            mask.logits.copy_(torch.randn(mask.logits.shape, generator=torch.Generator().manual_seed(i)))
-            if mask.site.kind == "attention_heads":
-                mask.logits.sub_(10.0)
-    control = RatioControl(backbone, masks, target=0.6, total_steps=10, ramp=0.1, every=1, ranking="per_kind")
-    control.update(5, force=True)
-    kept = masks.kept_units()
-    achieved = 1 - backbone.trimmed_param_count(kept) / backbone.param_count()
-    assert 0.6 <= achieved <= 0.62, achieved
-    shares = {}
-    for kind in {site.kind for site in backbone.mask_sites()}:
-        sites = [s for s in backbone.mask_sites() if s.kind == kind]
-        units = sum(s.units for s in sites)
-        shares[kind] = (sum(len(kept[s.name]) for s in sites) / units, units)
-        # within a kind the kept units are its highest logits, whichever site they are at
-        logits = torch.cat([masks[s.name].logits for s in sites])
-        on = torch.cat([torch.isin(torch.arange(s.units), kept[s.name]) for s in sites])
-        assert logits[on].min() > logits[~on].max()
-    # every kind keeps the same share, up to rounding to whole units (half a unit of each kind)
-    for a, (share_a, units_a) in shares.items():
-        for b, (share_b, units_b) in shares.items():
-            assert abs(share_a - share_b) <= 0.5 / units_a + 0.5 / units_b + 1e-9, shares
-    assert shares["attention_heads"][0] > 0.3
-
-
-def test_per_kind_ranking_of_a_backbone_with_one_kind_is_the_global_ranking():
-    from kwyn.backbones import load_backbone
-    from kwyn.masks import MaskSet, RatioControl
-
-    backbone = load_backbone("crepe-tiny")  # conv channels only
-    kept = {}
-    for ranking in ("global", "per_kind"):
-        masks = MaskSet(backbone.mask_sites())
-        with torch.no_grad():
-            for i, mask in enumerate(masks.values()):
-                mask.logits.copy_(torch.randn(mask.logits.shape, generator=torch.Generator().manual_seed(i)))
-        RatioControl(backbone, masks, target=0.5, total_steps=10, ramp=0.1, every=1, ranking=ranking).update(5, force=True)
-        kept[ranking] = {name: units.tolist() for name, units in masks.kept_units().items()}
-    assert kept["per_kind"] == kept["global"]
-
-
-def test_per_kind_ranking_needs_a_ratio_and_a_known_name():
-    from kwyn.methods import METHODS
-    from kwyn.params import Sparsity
-
-    with pytest.raises(ValueError, match="ranking"):
-        Sparsity(ranking="by_cost")
-    with pytest.raises(ValueError, match="set sparsity.ratio"):
-        METHODS["kwyn"].check(SimpleNamespace(sparsity=Sparsity(ranking="per_kind"), recipe=None))

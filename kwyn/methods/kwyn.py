@@ -26,9 +26,6 @@ class Kwyn(Method):
         if exp.recipe is not None and exp.recipe.ramp_refit and exp.sparsity.ratio is None:
             raise ValueError("recipe.ramp_refit re-fits the head where the ratio ramp ends, which only ratio control "
                              "(sparsity.ratio) has: set sparsity.ratio")
-        if exp.sparsity.ranking != "global" and exp.sparsity.ratio is None:
-            raise ValueError(f"sparsity.ranking {exp.sparsity.ranking!r} is how ratio control ranks units; without "
-                             "sparsity.ratio the paper's threshold (0.5) decides: set sparsity.ratio")
 
     def setting(self, result: dict) -> str:
         from kwyn.report import recipe_text
