@@ -120,6 +120,8 @@ def _evaluate_one(exp: ResolvedExperiment, test_set, run_dir: Path, model_dir: P
         "t": exp.sparsity.t if exp.sparsity else None,
         "lambda": exp.sparsity.lambda_ if exp.sparsity else None,
         "recipe": exp.recipe.model_dump() if exp.recipe else None,
+        # ratio control's ramp, as a share of the mask steps (1: the target is reached where the mask training ends)
+        "ratio_ramp": exp.sparsity.ratio_ramp if exp.sparsity and exp.sparsity.ratio is not None else None,
         "seed": exp.train.seed,
         "mask_lr": exp.train.mask_lr if method_of(exp).learns_masks else None,
         "selected_step": best["row"]["step"], "val_metric": best["row"]["val_metric"],

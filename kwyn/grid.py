@@ -93,7 +93,7 @@ def expand(spec: GridSpec) -> dict:
                     for ratio in ratios:
                         entry = {**base, "method": method}
                         if "sparsity" in m.blocks:
-                            entry["sparsity"] = _dump(spec.sparsity)
+                            entry["sparsity"] = {**_dump(spec.sparsity), **_merged(spec.recipe_sparsity.get(recipe))}
                         if recipe is not None:
                             entry["recipe"] = _dump(spec.recipes[recipe])
                         block = getattr(spec, method, None) if method in m.blocks else None

@@ -431,6 +431,7 @@ class GridSpec(_Strict):
     recipes: dict[str, Recipe] = {}
     recipes_for: dict[str, list[str]] = {}  # backbone -> the recipes its kwyn experiments get, instead of all of them
     recipe_train: dict[str, TrainOverrides] = {}  # recipe name -> `train` of its experiments, over method_train
+    recipe_sparsity: dict[str, Sparsity] = {}  # recipe name -> `sparsity` keys of its experiments, over `sparsity`
     # every experiment and scratch entry once per seed (train.seed); the first keeps the plain name, the others
     # get _seed<k>. Tables and figures show the mean over seeds and their spread (kwyn.report.seed_means)
     seeds: list[int] = Field([0], min_length=1)
@@ -493,9 +494,12 @@ class GridSpec(_Strict):
             raise ValueError(f"method_train: unknown method(s) {stray}; known: {list(METHODS)}")
         if "scratch" in self.method_train:
             raise ValueError("method_train.scratch: give scratch settings as `scratch_train`")
-        stray = sorted(set(self.recipe_train) - set(self.recipes))
-        if stray:
-            raise ValueError(f"recipe_train: unknown recipe(s) {stray}; the grid's recipes: {sorted(self.recipes)}")
+        for key in ("recipe_train", "recipe_sparsity"):
+            stray = sorted(set(getattr(self, key)) - set(self.recipes))
+            if stray:
+                raise ValueError(f"{key}: unknown recipe(s) {stray}; the grid's recipes: {sorted(self.recipes)}")
+        if any(block.ratio is not None for block in self.recipe_sparsity.values()):
+            raise ValueError("recipe_sparsity: leave `ratio` out; each kwyn experiment gets one of `ratios`")
         for backbone, names in self.recipes_for.items():
             stray = sorted(set(names) - set(self.recipes))
             if stray:
@@ -574,6 +578,13 @@ class Params(_Strict):
                                  f"{list(dataset.TASKS)}")
             if reason := dataset.refusal(exp.task):
                 raise ValueError(f"{where}.task: task {exp.task!r} of dataset {exp.dataset}: {reason}")
+            if exp.sparsity is not None and exp.sparsity.ratio is not None:
+                select_after = exp.train.select_after if exp.train.select_after is not None else self.train.select_after
+                if select_after < exp.sparsity.ratio_ramp:
+                    raise ValueError(f"{where}: train.select_after {select_after:g} is before the end of the ratio ramp "
+                                     f"(sparsity.ratio_ramp {exp.sparsity.ratio_ramp:g}): a checkpoint that removes less "
+                                     f"than sparsity.ratio could be selected; set train.select_after to at least "
+                                     f"{exp.sparsity.ratio_ramp:g}")
             if dataset.TASKS[exp.task] == "asr":
                 from kwyn.backbones import family_class
 

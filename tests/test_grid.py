@@ -201,6 +201,42 @@ def test_recipes_for_gives_each_backbone_its_own_recipes():
                                            recipes_for={"musicfm": ["quick"]}))
 
 
+def test_recipe_sparsity_and_train_reach_only_that_recipes_experiments():
+    spec = GridSpec.model_validate(small_spec(
+        name_by="task", methods=["kwyn"], ratios=[0.5], lottery=None, tasks={"musicfm": [["gtzan", "genre"]]},
+        recipes={"end": {"refit": 10}}, recipe_sparsity={"end": {"ratio_ramp": 1.0}},
+        recipe_train={"end": {"select_after": 1.0}}))
+    e = expand(spec)["experiments"]
+    assert e["musicfm_genre_kwyn_end_50"]["sparsity"]["ratio_ramp"] == 1.0
+    assert e["musicfm_genre_kwyn_end_50"]["sparsity"]["ratio"] == 0.5
+    assert e["musicfm_genre_kwyn_end_50"]["train"]["select_after"] == 1.0
+    assert "ratio_ramp" not in e["musicfm_genre_kwyn_50"]["sparsity"] and "train" not in e["musicfm_genre_kwyn_50"]
+    with pytest.raises(ValueError, match=r"recipe_sparsity: unknown recipe\(s\) \['fast'\]"):
+        GridSpec.model_validate(small_spec(tasks={"musicfm": [["gtzan", "genre"]]}, methods=["kwyn"], ratios=[0.5],
+                                           lottery=None, recipes={"end": {"refit": 10}},
+                                           recipe_sparsity={"fast": {"ratio_ramp": 1.0}}))
+    with pytest.raises(ValueError, match="recipe_sparsity: leave `ratio` out"):
+        GridSpec.model_validate(small_spec(tasks={"musicfm": [["gtzan", "genre"]]}, methods=["kwyn"], ratios=[0.5],
+                                           lottery=None, recipes={"end": {"refit": 10}},
+                                           recipe_sparsity={"end": {"ratio": 0.3}}))
+
+
+def test_selection_before_the_ratio_ramp_ends_is_refused(params_copy):
+    """A ramp to the end of the mask training with the default select_after (0.5) would select a checkpoint that
+    removes less than asked: the grid (and any params.yaml) must say select_after >= ratio_ramp."""
+    spec = GridSpec.model_validate(small_spec(
+        name_by="task", methods=["kwyn"], ratios=[0.5], lottery=None, tasks={"musicfm": [["gtzan", "genre"]]},
+        recipes={"end": {"refit": 10}}, recipe_sparsity={"end": {"ratio_ramp": 1.0}}))
+    params = yaml.safe_load(params_copy.read_text())
+    expanded = expand(spec)
+    params.update(datasets=expanded["datasets"], experiments=expanded["experiments"], scratch={})
+    with pytest.raises(ParamsError, match=r"experiments.musicfm_genre_kwyn_end_50: train.select_after 0.5 is before "
+                                          r"the end of the ratio ramp \(sparsity.ratio_ramp 1\)"):
+        validate(params)
+    params["experiments"]["musicfm_genre_kwyn_end_50"]["train"] = {"select_after": 1.0}
+    validate(params)
+
+
 def test_cli(params_copy, capsys):
     assert _cli(["--params", str(params_copy), "list"]) == 0
     out = capsys.readouterr().out

@@ -363,3 +363,13 @@ def test_paper_sentence_is_a_paragraph_of_its_own(tmp_path):
     (tmp_path / "paper_table1.csv").write_text(PAPER_T1)
     text = report.readings(synthetic_results(), reference_dir=tmp_path)["table1"]
     assert "\n\nThe 2 rows with source = paper are the paper's own numbers" in text
+
+
+def test_recipe_text_names_each_option_and_the_paper_loop_gets_none():
+    distil = {"head_warmup": 100, "distill": 3.0, "ramp_refit": 200, "refit": 300, "refit_cache": True,
+              "init": "constant"}
+    assert report.recipe_text({"recipe": distil, "mask_lr": 0.2, "ratio_ramp": 1.0}) == (
+        "warm-up 100 distil 3 ramp to the end ramp re-fit 200 cached re-fit 300 mask lr 0.2")
+    assert report.recipe_text({"recipe": distil, "mask_lr": 0.2, "ratio_ramp": 0.5}) == (
+        "warm-up 100 distil 3 ramp re-fit 200 cached re-fit 300 mask lr 0.2")
+    assert report.recipe_text({"recipe": None, "mask_lr": 0.05, "ratio_ramp": 0.5}) == ""
