@@ -149,3 +149,23 @@ def test_evaluate_int8_scores_a_tiny_model_on_its_test_split(tmp_path, tiny_data
     # by default only the Linear layers are quantised, the convolutions stay float (see kwyn.export)
     ops = {node.op_type for node in onnx.load(result["onnx_int8"]).graph.node}
     assert "Conv" in ops and "ConvInteger" not in ops and "MatMulInteger" in ops
+
+
+def test_int8_sensitivity_quantises_exactly_the_named_node(tmp_path):
+    """benchmarks/int8_sensitivity.py: one node at a time means one int8 MatMul in the graph, every node means all."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("int8_sensitivity", ROOT / "benchmarks" / "int8_sensitivity.py")
+    sensitivity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sensitivity)
+    fp32 = export_onnx(trimmed_dir("whisper-encoder", tmp_path / "tiny"), tmp_path / "tiny.onnx", seconds=0.25)
+    nodes = sensitivity.weight_nodes(fp32)
+    assert len(nodes) >= 4 and all(op in ("MatMul", "Gemm") and len(shape) == 2 for _, op, shape in nodes)
+
+    def int8_matmuls(path):
+        return sum(node.op_type == "MatMulInteger" for node in onnx.load(str(path)).graph.node)
+
+    assert int8_matmuls(sensitivity.quantized(fp32, tmp_path / "one.onnx", nodes=[nodes[1][0]])) == 1
+    assert int8_matmuls(sensitivity.quantized(fp32, tmp_path / "all.onnx")) == len(nodes)
