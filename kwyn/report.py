@@ -50,8 +50,8 @@ NAN = float("nan")
 
 def recipe_text(result: dict) -> str:
     """'warm-up 100 distil 1 re-fit 100 mask lr 0.2' (steps, weight, steps; 'ramp re-fit 50', 'cached re-fit
-    300'; 'ramp to the end': sparsity.ratio_ramp 1) for a kwyn run with a recipe (kwyn.recipe), '' for the paper's loop (a recipe with every option off
-    trains exactly as the paper's loop)."""
+    300'; 'ramp to the end': sparsity.ratio_ramp 1) for a kwyn run with a recipe (kwyn.recipe), '' for the
+    paper's loop (a recipe with every option off trains exactly as the paper's loop)."""
     recipe = result.get("recipe") or {}
     ramp = result.get("ratio_ramp")
     parts = [f"warm-up {recipe['head_warmup']}" if recipe.get("head_warmup") else "",
