@@ -22,6 +22,8 @@ def tiny_kwyn(recipe=None, ratio=0.5, lambda_=1.0, ramp=0.5, **train_overrides):
     raw = tiny_params(**train_overrides)
     raw["experiments"]["tiny_kwyn"]["sparsity"] = {"loss": "paper", "t": 0.5, "lambda": lambda_, "ratio": ratio,
                                                    "ratio_ramp": ramp}
+    if ramp > raw["train"]["select_after"]:  # params refuse selecting a checkpoint from before the ramp's end
+        raw["experiments"]["tiny_kwyn"]["train"] = {"select_after": ramp}
     if recipe is not None:
         raw["experiments"]["tiny_kwyn"]["recipe"] = recipe
     return experiment("tiny_kwyn", validate(raw))
