@@ -145,6 +145,7 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
         clips = {i for _ in range(upto) for i in _draw(ahead, len(train_set), cfg.batch_size)}
         teacher = EmbeddingCache(model, masks, train_set, clips, progress=progress and runtime.is_main)
     refit_model = None  # the re-fit's encoder: a physically trimmed copy, built when the re-fit starts
+    ramp_twin = None  # the ramp re-fit's (kept units, trimmed copy, cache of the training split), for the re-fit
     refit_cache = None  # with recipe.refit_cache, its embeddings of the training split and the validation clips
     val_indices = validation_indices(cfg, len(valid_set))
     key = fingerprint(exp, extra)
@@ -190,10 +191,18 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
         if phase == "refit" and refit_model is None:
             if control is not None:  # the masks freeze at the target, wherever the last update left them
                 control.update(schedule.refit_start, force=True)
-            refit_model = _trimmed_twin(exp, model, masks, architecture, runtime)
+            train_cache = None
+            if ramp_twin is not None and _same_units(ramp_twin[0], masks.kept_units()):
+                # the ramp ended at the last mask step: the same units, so the same copy and embeddings
+                _, refit_model, train_cache = ramp_twin
+            else:
+                refit_model = _trimmed_twin(exp, model, masks, architecture, runtime)
+            ramp_twin = None
             if recipe.refit_cache:
                 show = progress and runtime.is_main
-                refit_cache = {"train": EmbeddingCache(refit_model, None, train_set, progress=show),
+                if train_cache is None:
+                    train_cache = EmbeddingCache(refit_model, None, train_set, progress=show)
+                refit_cache = {"train": train_cache,
                                "valid": EmbeddingCache(refit_model, None, valid_set, val_indices, progress=show)}
         batch_size = (recipe.refit_batch_size or cfg.batch_size) if phase == "refit" else cfg.batch_size
         batch = _draw(sampler, len(train_set), batch_size)
@@ -236,8 +245,10 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
         if (recipe is not None and recipe.ramp_refit and phase == "masks" and not state.get("ramp_refit_done")
                 and control.target_at(done) >= control.target):
             control.update(done, force=True)  # the masks at the target, as the validation at `done` will see them
-            _ramp_refit(exp, model, masks, wrapped, optimizer, scaler, train_set, ttype, architecture, runtime,
-                        progress=progress and runtime.is_main)
+            twin = _ramp_refit(exp, model, masks, wrapped, optimizer, scaler, train_set, ttype, architecture, runtime,
+                               progress=progress and runtime.is_main)
+            # held for the re-fit only where the ramp ends at the last mask step: the masks move no more before it
+            ramp_twin = twin if recipe.refit and done == schedule.refit_start else None
             state["ramp_refit_done"] = True  # in the checkpoint: a resumed run does not re-fit twice
 
         # no validation in a head warm-up: selection never looks there, and the masks have not moved
@@ -319,13 +330,20 @@ def _trimmed_twin(exp, model: TaskModel, masks: MaskSet, architecture: dict, run
     return type(model)(encoder, model.head)  # the head keeps the mode the loop gives it; the encoder is in eval
 
 
+def _same_units(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _ramp_refit(exp, model: TaskModel, masks: MaskSet, wrapped, optimizer, scaler, train_set, ttype,
-                architecture: dict, runtime, progress: bool) -> None:
+                architecture: dict, runtime, progress: bool) -> tuple[dict, TaskModel, EmbeddingCache]:
     """The recipe's `ramp_refit`: where the ratio ramp reaches its target, the head alone takes that many steps on
     the trimmed encoder's embeddings of the training split (cached, one forward per clip), so that the masks train
-    on under a head fitted to what they keep. Batches of its own, so that the training batches stay as they were."""
+    on under a head fitted to what they keep. Batches of its own, so that the training batches stay as they were.
+    Returns the kept units, the trimmed copy and its cache: a re-fit on the same units reuses them."""
     recipe, cfg = exp.recipe, exp.train
-    cache = EmbeddingCache(_trimmed_twin(exp, model, masks, architecture, runtime), None, train_set, progress=progress)
+    kept = masks.kept_units()
+    twin = _trimmed_twin(exp, model, masks, architecture, runtime)
+    cache = EmbeddingCache(twin, None, train_set, progress=progress)
     drawn = torch.Generator().manual_seed(cfg.seed + 5)
     for _ in tqdm(range(recipe.ramp_refit), desc="ramp re-fit", leave=False, disable=not progress):
         shard = distributed.shard(_draw(drawn, len(train_set), recipe.refit_batch_size or cfg.batch_size), runtime)
@@ -336,6 +354,7 @@ def _ramp_refit(exp, model: TaskModel, masks: MaskSet, wrapped, optimizer, scale
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+    return kept, twin, cache
 
 
 def _importance_init(exp, learner: Learner, masks: MaskSet, train_set, ttype, runtime, count) -> None:

@@ -242,6 +242,25 @@ def test_a_run_resumed_after_the_ramp_refit_does_not_refit_again(tmp_path, tiny_
     pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / d / "history.csv") for d in ("straight", "interrupted")))
 
 
+def test_a_refit_on_the_ramp_refits_units_reuses_its_embeddings_and_changes_nothing(tmp_path, tiny_data, monkeypatch):
+    """The ramp ends at the last mask step: the re-fit's units are the ramp re-fit's, embedded once for both."""
+    exp = tiny_kwyn({"ramp_refit": 6, "refit": 6, "refit_cache": True, "refit_batch_size": 5}, ramp=1.0, steps=4,
+                    eval_every=3)
+    n_train = len(PreparedDataset(tiny_data, "train", exp.task))
+    n_valid = len(validation_indices(exp.train, len(PreparedDataset(tiny_data, "valid", exp.task))))
+    seen = _count_refit_encoder_clips(monkeypatch)
+    torch.manual_seed(0)
+    reused = _fit_recording(exp, tiny_data, tmp_path / "reused")
+    assert sum(seen) == n_train + n_valid  # the training split once, for both re-fits; the validation clips once
+    seen.clear()
+    monkeypatch.setattr(loop, "_same_units", lambda a, b: False)  # as if the masks had moved: embedded again
+    torch.manual_seed(0)
+    again = _fit_recording(exp, tiny_data, tmp_path / "again")
+    assert sum(seen) == 2 * n_train + n_valid
+    assert torch.equal(reused[-1]["head"], again[-1]["head"]) and len(reused) == len(again) == 10
+    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / d / "history.csv") for d in ("reused", "again")))
+
+
 def test_distillation_pulls_the_masked_embedding_towards_the_full_one(tmp_path, tiny_data):
     """Same seed, same ratio; the distilled run's kept units reproduce the full encoder's embedding better.
     (Without the sparsity loss, whose pull on every logit would blur the comparison on so small a model.)"""
