@@ -9,9 +9,9 @@ for b in wav2vec2-base musicfm clap-cnn14; do
   python benchmarks/speedup.py --backbone $b --input-seconds 4 --threads 2 --repeats 10 --warmup 2 --json $out/speedup_$b.json
 done
 # widths in multiples of 8 at conv and FFN sites (sparsity.multiple_of)
-python benchmarks/speedup.py --backbone crepe-full --input-seconds 0.064 --threads 1 --repeats 30 --multiple-of 8 --json $out/speedup_crepe-full_x8.json
+python benchmarks/speedup.py --backbone crepe-full --input-seconds 0.064 --threads 1 --repeats 30 --multiple-of 8 --json $out/speedup_widths_crepe-full_x8.json
 for b in wav2vec2-base musicfm clap-cnn14; do
-  python benchmarks/speedup.py --backbone $b --input-seconds 4 --threads 2 --repeats 10 --warmup 2 --multiple-of 8 --json $out/speedup_${b}_x8.json
+  python benchmarks/speedup.py --backbone $b --input-seconds 4 --threads 2 --repeats 10 --warmup 2 --multiple-of 8 --json $out/speedup_widths_${b}_x8.json
 done
 python benchmarks/crepe_conv.py --json $out/crepe_conv.json
 python benchmarks/train_step.py --backbone crepe-full --batch 8 --json $out/train_step_crepe-full.json
@@ -24,3 +24,14 @@ for spec in "crepe-full 0.064" "whisper-tiny-encoder 1"; do
   python benchmarks/onnx_speed.py --backbone $1 --pretrained --input-seconds $2 --ratios 0.5 0.75 --repeats 30 --json $out/onnx_speed_$1.json
 done
 python benchmarks/onnx_speed.py --report $out/onnx_speed.md $out/onnx_speed_crepe-full.json $out/onnx_speed_whisper-tiny-encoder.json
+# the four backbones in ONNX Runtime, widths in multiples of 8 (1 thread)
+for spec in "crepe-full 0.064" "wav2vec2-base 4" "clap-cnn14 4" "musicfm 4"; do
+  set -- $spec
+  python benchmarks/onnx_speed.py --backbone $1 --input-seconds $2 --ratios 0.25 0.5 0.75 --multiple-of 8 --repeats 20 --json $out/onnx_speed_x8_$1.json
+done
+python benchmarks/onnx_speed.py --report $out/onnx_speed_x8.md $out/onnx_speed_x8_*.json
+# where wav2vec2-base's time goes at 75 % removed (speed-up / FLOPs ratio 0.80)
+python benchmarks/op_profile.py --backbone wav2vec2-base --input-seconds 4 --ratio 0.75 --multiple-of 8 --json $out/op_profile_wav2vec2-base.json
+# after `make repro`: the grid's own models as int8, and which node int8 breaks
+python benchmarks/int8_grid.py --experiments crepe_pitch_kwyn_refit_50 crepe_pitch_kwyn_refit_75 crepe_pitch_hardconcrete_75 whisper_word_kwyn_distil_50 whisper_word_kwyn_distil_75 --repeats 20 --json $out/int8_grid.json
+python benchmarks/int8_sensitivity.py --experiment whisper_word_kwyn_distil_75 --split valid --json $out/int8_sensitivity.json
