@@ -2,7 +2,7 @@
 
 `benchmarks/speedup.py` measures speed-up / FLOPs ratio; where it falls below 1, this says which operators do not
 shrink with the FLOPs. Random weights and uniformly random masks (speedup.keep_for_ratio), batch 1. For each
-model: the median wall time of a forward pass; the time inside operators (torch.profiler's self CPU time,
+model: the median wall time of a forward pass (the two models alternated, kwyn.profile.latency_ms); the time inside operators (torch.profiler's self CPU time,
 summed per run) and the rest (Python, dispatch, allocation: wall - operators); per operator, its time in the
 full and the trimmed model and how much it shrank (full / trimmed), against the FLOPs ratio.
 
@@ -12,9 +12,7 @@ full and the trimmed model and how much it shrank (full / trimmed), against the 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,15 +26,6 @@ from kwyn.io import write_json  # noqa: E402
 from kwyn.trim import trim_model  # noqa: E402
 
 
-def wall_ms(model, example, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(example)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def operator_ms(model, example, repeats: int) -> dict[str, float]:
     """Self CPU time per operator name, ms per forward pass (the mean over `repeats` profiled passes)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -47,12 +36,11 @@ def operator_ms(model, example, repeats: int) -> dict[str, float]:
     return {e.key: e.self_cpu_time_total / 1e3 / repeats for e in prof.key_averages() if e.self_cpu_time_total > 0}
 
 
-def compare(full, trimmed, example, repeats: int = 10, warmup: int = 3, top: int = 12) -> dict:
-    """Wall and per-operator time of `full` and `trimmed` on `example`, each measured in turn after a warm-up."""
+def compare(full, trimmed, example, repeats: int = 10, warmup: int = 3, threads: int = 2, top: int = 12) -> dict:
+    """Wall time (kwyn.profile.latency_ms: medians, the two models alternated) and per-operator time of `full` and
+    `trimmed` on `example`."""
     with torch.inference_mode():
-        for _ in range(warmup):
-            full(example), trimmed(example)
-        walls = {name: wall_ms(m, example, repeats) for name, m in (("full", full), ("trimmed", trimmed))}
+        walls = profile.latency_ms({"full": full, "trimmed": trimmed}, example, repeats, warmup, threads)
         ops = {name: operator_ms(m, example, repeats) for name, m in (("full", full), ("trimmed", trimmed))}
     flops = {name: profile.cost(m, example)["gflops"] for name, m in (("full", full), ("trimmed", trimmed))}
     inside = {name: sum(ops[name].values()) for name in ops}
@@ -89,7 +77,7 @@ def main(argv=None) -> dict:
     result = {"backbone": args.backbone, "input_seconds": args.input_seconds, "ratio": args.ratio,
               "removed": 1 - trimmed.param_count() / full.param_count(), "multiple_of": args.multiple_of,
               "threads": args.threads, "repeats": args.repeats,
-              **compare(full, trimmed, full.example_input(args.input_seconds, 1), args.repeats)}
+              **compare(full, trimmed, full.example_input(args.input_seconds, 1), args.repeats, threads=args.threads)}
     write_json(args.json, result)
     print({k: result[k] for k in ("flops_ratio", "speedup", "wall_ms", "operators_ms", "outside_operators_ms")})
     for row in result["operators"]:
