@@ -68,6 +68,9 @@ def main(argv=None):
         "notebooks_s": round(sum(t["seconds"] for t, _ in runs), 1),
         "between_notebooks_s": round(sum(gaps), 1),
         "median_gap_s": round(sorted(gaps)[len(gaps) // 2], 2) if gaps else None,
+        # a pause (a failed stage, `dvc repro` started again) shows as one long gap: what to subtract, and where
+        "longest_gap_s": round(max(gaps), 1) if gaps else None,
+        "longest_gap_after": (str(runs[gaps.index(max(gaps))][1].relative_to(args.executed)) if gaps else None),
         # inside papermill's duration but in no cell: the kernel's start and shutdown
         "kernel_start_s": round(sum(t["outside_cells_seconds"] for t, _ in runs), 1),
         "by_group_s": {k: round(v, 1) for k, v in sorted(by_group.items())},

@@ -28,6 +28,7 @@ def test_repro_time_sums_stages_gaps_and_kernel_starts(tmp_path):
     assert result["first_start_to_last_end_s"] == 47
     assert result["notebooks_s"] == 10 + 20 + 10
     assert result["between_notebooks_s"] == 3 + 4
+    assert result["longest_gap_s"] == 4 and result["longest_gap_after"] == "02_train_masks/crepe_pitch_kwyn_50.ipynb"
     assert result["kernel_start_s"] == (10 - 8) + (20 - 16) + (10 - 9)
     assert result["by_group_s"] == {"data": 10, "crepe": 30}
     assert result["by_stage_s"] == {"01_prepare_data": 10, "02_train_masks": 30}
