@@ -15,6 +15,7 @@ validation metric, validation and test metric of the selected model, train secon
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+MAX_NAME = 200  # characters of a run folder's name
 sys.path.insert(0, str(ROOT))
 
 from kwyn import pipeline  # noqa: E402
@@ -54,9 +56,9 @@ def run_one(name: str, recipe: dict | None, steps: int, seed: int, runs: Path, t
                                              **train_overrides})
     exp = exp.model_copy(update={"train": train_cfg, "recipe": Recipe(**recipe) if recipe else None})
     data = pipeline.data_dir(exp.dataset) / "prepared"
-    run_dir = runs / (f"{name}__{json.dumps(recipe, sort_keys=True) if recipe else 'paper'}__{steps}__{seed}"
-                      f"__{json.dumps(train_overrides, sort_keys=True)}{json.dumps(sparsity_overrides or {})}")
-    run_dir = runs / "".join(c if c.isalnum() or c in "._-" else "_" for c in run_dir.name)
+    run_dir = runs / run_folder(f"{name}__{json.dumps(recipe, sort_keys=True) if recipe else 'paper'}__{steps}__"
+                                f"{seed}__{json.dumps(train_overrides, sort_keys=True)}"
+                                f"{json.dumps(sparsity_overrides or {})}")
     started = time.perf_counter()
     summary = train(exp, data, run_dir, progress=False)
     seconds = time.perf_counter() - started  # near 0 when the run existed
@@ -76,6 +78,15 @@ def run_one(name: str, recipe: dict | None, steps: int, seed: int, runs: Path, t
             "valid": scores["valid"], "test": scores["test"],
             # the run's own time (summary.json keeps it when an existing run is reused), with its evaluation
             "train_seconds": summary["train_seconds"], "reused": summary["train_seconds"] > seconds + 1}
+
+
+def run_folder(spec: str) -> str:
+    """A run's folder name: its settings with path-safe characters; past MAX_NAME characters (file systems refuse
+    names over 255 bytes) a prefix of them and a hash of the whole, so that runs of other settings never share one."""
+    folder = "".join(c if c.isalnum() or c in "._-" else "_" for c in spec)
+    if len(folder) > MAX_NAME:
+        folder = folder[:MAX_NAME - 18] + "__" + hashlib.sha256(spec.encode()).hexdigest()[:16]
+    return folder
 
 
 def _history(run_dir: Path) -> list[dict]:

@@ -30,6 +30,13 @@ for spec in "crepe-full 0.064" "wav2vec2-base 4" "clap-cnn14 4" "musicfm 4"; do
   python benchmarks/onnx_speed.py --backbone $1 --input-seconds $2 --ratios 0.25 0.5 0.75 --multiple-of 8 --repeats 20 --json $out/onnx_speed_x8_$1.json
 done
 python benchmarks/onnx_speed.py --report $out/onnx_speed_x8.md $out/onnx_speed_x8_*.json
+# the same in multiples of 16 (ONNX Runtime's conv block on AVX-512), and the layout counts that explain it
+for spec in "crepe-full 0.064" "wav2vec2-base 4" "clap-cnn14 4" "musicfm 4"; do
+  set -- $spec
+  python benchmarks/onnx_speed.py --backbone $1 --input-seconds $2 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 20 --json $out/onnx_speed_x16_$1.json
+done
+python benchmarks/onnx_speed.py --report $out/onnx_speed_x16.md $out/onnx_speed_x16_*.json
+python benchmarks/ort_layout.py --backbones clap-cnn14 crepe-full wav2vec2-base musicfm --json $out/ort_layout.json --report $out/ort_layout.md
 # where wav2vec2-base's time goes at 75 % removed (speed-up / FLOPs ratio 0.80)
 python benchmarks/op_profile.py --backbone wav2vec2-base --input-seconds 4 --ratio 0.75 --multiple-of 8 --json $out/op_profile_wav2vec2-base.json
 # after `make repro`: the grid's own models as int8, and which node int8 breaks

@@ -69,13 +69,22 @@ class Learner(nn.Module):
             modulations.attach(model.backbone)
         model.backbone.requires_grad_(train_encoder)
 
-    def forward(self, audio, lengths=None, *, features=None, return_features: bool = False):
+    def forward(self, audio, lengths=None, *, features=None, return_features: bool = False,
+                return_frames: bool = False):
         """The task model's outputs. features: given embeddings instead of the encoder's (head warm-up,
-        re-fit); return_features: also the encoder's output (distillation). Inside forward, so that DDP
-        sees every phase."""
-        if features is None:
+        re-fit); return_features: also the encoder's output (distillation); return_frames: also the encoder's
+        frame sequence, whose time average the head reads (distillation frame by frame). Inside forward, so
+        that DDP sees every phase."""
+        frames = None
+        if features is None and return_frames:
+            # the frames of the whole (padded) clip: their time average is what `features` gives (Backbone.sequence)
+            frames = self.model.backbone.sequence(audio)[0]
+            features = frames.mean(dim=1)
+        elif features is None:
             features = self.model.features(audio, lengths)
         outputs = self.model.apply_head(features)
+        if return_frames:
+            return outputs, frames
         return (outputs, features) if return_features else outputs
 
     def train(self, mode: bool = True):
@@ -143,7 +152,8 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
         ahead = torch.Generator().manual_seed(cfg.seed)
         upto = schedule.refit_start if recipe.distill else schedule.mask_start
         clips = {i for _ in range(upto) for i in _draw(ahead, len(train_set), cfg.batch_size)}
-        teacher = EmbeddingCache(model, masks, train_set, clips, progress=progress and runtime.is_main)
+        teacher = EmbeddingCache(model, masks, train_set, clips, progress=progress and runtime.is_main,
+                                 frames=recipe.distill_frames)
     refit_model = None  # the re-fit's encoder: a physically trimmed copy, built when the re-fit starts
     ramp_twin = None  # the ramp re-fit's (kept units, trimmed copy, cache of the training split), for the re-fit
     refit_cache = None  # with recipe.refit_cache, its embeddings of the training split and the validation clips
@@ -212,7 +222,7 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
         d_loss = None
         with distributed.autocast(runtime):
             if phase == "head":
-                outputs = wrapped(audio, lengths, features=teacher(shard))
+                outputs = wrapped(audio, lengths, features=teacher.pooled(shard))
             elif phase == "refit":
                 if refit_cache is not None:
                     features = refit_cache["train"](shard)
@@ -221,8 +231,9 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
                         features = refit_model.features(audio, lengths)
                 outputs = wrapped(audio, lengths, features=features)
             elif recipe is not None and recipe.distill:
-                outputs, features = wrapped(audio, lengths, return_features=True)
-                d_loss = distillation_loss(features, teacher(shard))
+                outputs, student = wrapped(audio, lengths, **{"return_frames" if recipe.distill_frames
+                                                               else "return_features": True})
+                d_loss = distillation_loss(student, teacher(shard))
             else:
                 outputs = wrapped(audio, lengths)
             task_loss = ttype.loss(outputs, targets)

@@ -274,6 +274,11 @@ class Recipe(_Strict):
     # embeddings (the full one cached per clip), over the latter's mean variance. It rewards keeping
     # the representation the head was warmed up on, a dense signal the task loss alone does not give
     distill: float = Field(0.0, ge=0)
+    # distil the encoder's frame sequence (batch, frames, dim) frame by frame instead of its time average: a
+    # pooled target lets the frames' errors cancel, so the masks may drop what the full encoder says at each
+    # moment as long as the average survives. Needs distill > 0 and a backbone with a frame sequence; the
+    # teacher cache then holds frames x dim floats per clip (Whisper tiny, 1 s: 50 x 384)
+    distill_frames: bool = False
     # head-only steps after the mask training, the masks frozen: the head re-fits to what they keep instead
     # of chasing a moving encoder, and these steps need no backward through it
     refit: int = Field(0, ge=0)
@@ -296,7 +301,9 @@ class Recipe(_Strict):
     init_batches: int = Field(16, ge=1)
 
     @model_validator(mode="after")
-    def _refit_options_need_a_refit(self):
+    def _options_need_what_they_shape(self):
+        if self.distill_frames and not self.distill:
+            raise ValueError("recipe distill_frames shapes the distillation: set recipe.distill > 0")
         if self.refit == 0 and self.ramp_refit == 0 and self.refit_batch_size is not None:
             raise ValueError("recipe refit_batch_size sizes the re-fit: set recipe.refit or recipe.ramp_refit > 0")
         if self.refit == 0 and self.refit_cache:

@@ -9,7 +9,8 @@ An experiment's `recipe` block (kwyn.params.Recipe) adds four remedies, each off
   head_warmup  the head alone learns first, for this many steps before train.steps, on the full encoder's
                embeddings (from the teacher cache: one batched pass over the clips the run draws, then lookups);
   distill      while the masks learn, the masked encoder's embedding is pulled towards the full one
-               (relative squared error), a dense signal on which units matter;
+               (relative squared error), a dense signal on which units matter; with distill_frames, its frame
+               sequence, frame by frame;
   ramp_refit   where the ratio ramp reaches its target, the head alone takes this many steps on the trimmed
                encoder's cached embeddings, so that validation does not collapse there and the masks train on
                under a head that fits what they keep;
@@ -67,19 +68,25 @@ class EmbeddingCache:
     physically trimmed encoder (masks None). `clips` (default: every clip of the dataset) are embedded in
     fixed chunks of `batch_size`, in index order, so the values depend on nothing a run does: a resumed
     run, which starts with an empty cache, recomputes exactly the values the uninterrupted run had.
+    frames: cache the frame sequence (backbone.sequence, (frames, dim) per clip) instead of its time
+    average (recipe.distill_frames); `pooled` gives the time average, what the head reads, either way.
 
         teacher = EmbeddingCache(model, masks, train_set, clips=[3, 17])
         targets = teacher([3, 17, 3])   # (3, D): the unmasked encoder's embeddings of clips 3, 17, 3
         len(teacher)                    # 2 clips embedded, at the first call
     """
 
-    def __init__(self, model, masks, dataset, clips=None, batch_size: int = 32, progress: bool = False):
+    def __init__(self, model, masks, dataset, clips=None, batch_size: int = 32, progress: bool = False,
+                 frames: bool = False):
         from kwyn.model import AsrModel
 
         if not hasattr(model, "features") or isinstance(model, AsrModel):
             raise ValueError("recipe head_warmup, distill and refit_cache need a pooled task (classification or "
                              "tagging): what is cached is the time-averaged embedding")
-        self.model, self.masks, self.dataset = model, masks, dataset
+        if frames and not model.backbone.has_sequence():
+            raise ValueError(f"recipe distill_frames needs a backbone with a frame sequence; "
+                             f"{type(model.backbone).__name__} pools time away inside the encoder")
+        self.model, self.masks, self.dataset, self.frames = model, masks, dataset, frames
         self.clips = sorted(set(range(len(dataset)) if clips is None else clips))
         self.batch_size, self.progress = batch_size, progress
         self.table: torch.Tensor | None = None
@@ -99,7 +106,8 @@ class EmbeddingCache:
         with self.masks.disabled() if self.masks is not None else nullcontext():
             for chunk in tqdm(chunks, desc="embeddings", leave=False, disable=not self.progress):
                 audio = torch.stack([self.dataset[i][0] for i in chunk]).to(device)
-                rows.append(self.model.features(audio).float().cpu())
+                embedded = self.model.backbone.sequence(audio)[0] if self.frames else self.model.features(audio)
+                rows.append(embedded.float().cpu())
         return torch.cat(rows)
 
     def __call__(self, indices: list[int]) -> torch.Tensor:
@@ -111,10 +119,15 @@ class EmbeddingCache:
             self.table = self._embed()
         return self.table[rows].to(next(self.model.head.parameters()).device)
 
+    def pooled(self, indices: list[int]) -> torch.Tensor:
+        """(len(indices), D): the embeddings the head reads (cached frames averaged over time, as `embed` does)."""
+        cached = self(indices)
+        return cached.mean(dim=1) if self.frames else cached
+
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Relative squared error ||s - t||^2 / ||t||^2 over the batch: 0 when the masked encoder gives the full
-    encoder's embeddings, 1 when it gives zeros, whatever the embeddings' scale."""
+    """Relative squared error ||s - t||^2 / ||t||^2 over the batch (embeddings (B, D), or frames (B, T, D)): 0
+    when the masked encoder gives the full encoder's values, 1 when it gives zeros, whatever their scale."""
     teacher = teacher.to(student.dtype)
     return (student - teacher).pow(2).sum() / teacher.pow(2).sum().clamp_min(1e-12)
 

@@ -55,7 +55,8 @@ def recipe_text(result: dict) -> str:
     recipe = result.get("recipe") or {}
     ramp = result.get("ratio_ramp")
     parts = [f"warm-up {recipe['head_warmup']}" if recipe.get("head_warmup") else "",
-             f"distil {recipe['distill']:g}" if recipe.get("distill") else "",
+             f"distil {recipe['distill']:g}{' frames' if recipe.get('distill_frames') else ''}"
+             if recipe.get("distill") else "",
              "ramp to the end" if ramp == 1 else "",
              f"ramp re-fit {recipe['ramp_refit']}" if recipe.get("ramp_refit") else "",
              f"{'cached ' if recipe.get('refit_cache') else ''}re-fit {recipe['refit']}" if recipe.get("refit") else "",

@@ -29,3 +29,13 @@ def test_report_averages_seeds_and_names_what_each_row_changed(tmp_path):
     assert cells[3] == "2" and cells[8] == "0.800"  # two seeds, mean test (0.7 + 0.9) / 2
     assert cells[6] == "0.850"  # their mean score on the whole validation split
     assert sum("paper's loop" in line for line in table) == 2  # one row per budget
+
+
+def test_run_folders_stay_short_and_distinct():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from convergence import MAX_NAME, run_folder
+
+    assert run_folder('x__{"distill": 3.0}__200__0') == "x____distill___3.0___200__0"  # short: the settings, readable
+    recipe = json.dumps({f"option_{i}": i for i in range(30)})
+    long_a, long_b = run_folder(f"x__{recipe}__200__0"), run_folder(f"x__{recipe}__200__1")
+    assert len(long_a) == MAX_NAME < 255 and long_a != long_b  # the seed is past the prefix: the hash tells them apart

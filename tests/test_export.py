@@ -181,3 +181,30 @@ def test_int8_sensitivity_quantises_exactly_the_named_node(tmp_path):
 
     assert int8_matmuls(sensitivity.quantized(fp32, tmp_path / "one.onnx", nodes=[nodes[1][0]])) == 1
     assert int8_matmuls(sensitivity.quantized(fp32, tmp_path / "all.onnx")) == len(nodes)
+
+
+def test_conv_layout_counts_the_convolutions_onnx_runtime_keeps_in_its_blocked_layout(tmp_path, capsys):
+    """A CNN14 whose widths are multiples of 16 has its convolutions blocked (NCHWc) on an AVX2 / AVX-512 CPU;
+    trimmed to odd widths, fewer are; trimmed to multiples of 16, as many as in the full model."""
+    from kwyn.export import conv_layout
+
+    config = {"family": "cnn14", "kind": "msclap", "widths": [16, 32, 32, 48, 48, 64], "fc1_dim": 64,
+              "projection_dim": 32}
+    layouts = {}
+    for name, keep_of in (("full", lambda n: n), ("odd", lambda n: n - 3), ("x16", lambda n: max(16, n - 16))):
+        torch.manual_seed(0)
+        backbone = build_backbone(config).eval()
+        site_units = {s.name: s.units for s in backbone.mask_sites()}
+        keep = {site: list(range(keep_of(n))) for site, n in site_units.items()}
+        base_config = dict(backbone.config)
+        trim_model(backbone, keep)
+        save_trimmed(task_model(backbone, MLPHead(backbone.embedding_dim, 5, hidden=16)).eval(), keep, site_units,
+                     tmp_path / name, base_config=base_config)
+        layouts[name] = conv_layout(export_onnx(tmp_path / name, tmp_path / f"{name}.onnx", seconds=0.5))
+    assert layouts["full"]["convs"] == layouts["odd"]["convs"] == layouts["x16"]["convs"] >= 12
+    if layouts["full"]["blocked"] == 0:
+        pytest.skip("ONNX Runtime has no blocked convolution layout on this CPU (it needs AVX2 or AVX-512)")
+    assert layouts["x16"]["blocked"] == layouts["full"]["blocked"]
+    assert layouts["odd"]["blocked"] < layouts["full"]["blocked"]
+    assert main([str(tmp_path / "odd"), "--onnx"]) == 0
+    assert f"runs {layouts['odd']['blocked']} of its {layouts['odd']['convs']} convolutions" in capsys.readouterr().out

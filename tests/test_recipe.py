@@ -328,3 +328,64 @@ def test_importance_init_starts_the_masks_from_the_importance_ranking(tmp_path, 
         raw["experiments"]["tiny_kwyn"]["recipe"] = {"init": "importance"}
         validate(raw)
 
+
+
+# -- distillation frame by frame (recipe.distill_frames) ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def frame_data(tmp_path_factory):
+    """The tiny notes at 0.2 s: CREPE-tiny gives several frames per clip (one at the default 0.064 s)."""
+    from kwyn.data.prepare import prepare_nsynth_like
+    from kwyn.data.soundfont import render_nsynth_like
+    from conftest import TINY_DATASET as d
+
+    root = tmp_path_factory.mktemp("notes_frames")
+    render_nsynth_like(root / "raw", seed=d["seed"], note_seconds=d["note_seconds"], pitches=tuple(d["pitches"]),
+                       families=d["families"], split_per_family=tuple(d["split_per_family"]))
+    prepare_nsynth_like(root / "raw", root / "prepared", clip_seconds=0.2, offset_seconds=d["offset_seconds"],
+                        pitches=tuple(d["pitches"]))
+    return root / "prepared"
+
+
+def test_a_frame_teacher_caches_the_full_encoders_frames_and_pools_them_as_embed(frame_data):
+    exp = tiny_kwyn()
+    learner, train_set = _learner(exp, frame_data)
+    masks = learner.modulations
+    with torch.no_grad():
+        for mask in masks.values():
+            mask.logits[: mask.logits.numel() // 2] = -1.0
+    frames = EmbeddingCache(learner.model, masks, train_set, batch_size=3, frames=True)
+    pooled = EmbeddingCache(learner.model, masks, train_set, batch_size=3)
+    cached = frames([2, 0])
+    assert cached.dim() == 3 and cached.shape[1] > 1  # (clips, frames, dim)
+    full = frozen_backbone(exp)
+    audio = torch.stack([train_set[i][0] for i in (2, 0)])
+    with torch.no_grad():
+        torch.testing.assert_close(cached, full.sequence(audio)[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(frames.pooled([2, 0]), full.embed(audio), rtol=1e-5, atol=1e-6)
+    assert torch.equal(pooled.pooled([2, 0]), pooled([2, 0]))  # a pooled cache is what the head reads already
+    # the student's frames, whose time average is the head's input
+    outputs, student = learner(audio, return_frames=True)
+    torch.testing.assert_close(student.mean(dim=1), learner.model.features(audio), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outputs, learner(audio), rtol=1e-5, atol=1e-6)
+
+
+def test_distill_frames_distils_the_frames_and_needs_a_distillation_and_a_frame_sequence(tmp_path, frame_data,
+                                                                                         monkeypatch):
+    with pytest.raises(ValueError, match="set recipe.distill > 0"):
+        Recipe(distill_frames=True)
+    seen = []
+    real = loop.distillation_loss
+    monkeypatch.setattr(loop, "distillation_loss", lambda s, t: seen.append((s.shape, t.shape)) or real(s, t))
+    for frames in (False, True):
+        seen.clear()
+        train(tiny_kwyn({"distill": 1.0, "distill_frames": frames}, steps=3), frame_data, tmp_path / str(frames),
+              progress=False)
+        student, teacher = seen[0]
+        assert student == teacher and len(student) == (3 if frames else 2)  # (batch, frames, dim) or (batch, dim)
+    from test_cnn14 import tiny_model  # CNN14 pools time away inside the encoder
+
+    cnn = tiny_model()
+    with pytest.raises(ValueError, match="distill_frames needs a backbone with a frame sequence"):
+        EmbeddingCache(task_model(cnn, torch.nn.Linear(cnn.embedding_dim, 2)), None, [], frames=True)
+
