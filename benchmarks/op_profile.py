@@ -8,6 +8,10 @@ full and the trimmed model and how much it shrank (full / trimmed), against the 
 
     python benchmarks/op_profile.py --backbone wav2vec2-base --input-seconds 4 --ratio 0.75 --multiple-of 8 \
         --json benchmarks/results/op_profile_wav2vec2-base.json
+
+With --runtime onnxruntime, the same for the two models exported (kwyn.export, with benchmarks/onnx_speed.py's MLP
+head) and run by ONNX Runtime: wall time by kwyn.export.onnx_latency_ms, time per operator type from ONNX
+Runtime's own profiler (its node events, op type as the graph optimiser left it: FusedMatMul, nchwc Conv, ...).
 """
 from __future__ import annotations
 
@@ -36,12 +40,53 @@ def operator_ms(model, example, repeats: int) -> dict[str, float]:
     return {e.key: e.self_cpu_time_total / 1e3 / repeats for e in prof.key_averages() if e.self_cpu_time_total > 0}
 
 
-def compare(full, trimmed, example, repeats: int = 10, warmup: int = 3, threads: int = 2, top: int = 12) -> dict:
-    """Wall time (kwyn.profile.latency_ms: medians, the two models alternated) and per-operator time of `full` and
-    `trimmed` on `example`."""
-    with torch.inference_mode():
-        walls = profile.latency_ms({"full": full, "trimmed": trimmed}, example, repeats, warmup, threads)
-        ops = {name: operator_ms(m, example, repeats) for name, m in (("full", full), ("trimmed", trimmed))}
+def onnx_operator_ms(session_path: Path, example, repeats: int, threads: int) -> dict[str, float]:
+    """Time per operator type in ONNX Runtime (its profiler's node events), ms per run (mean over `repeats` runs)."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = threads, 1, 3
+    options.enable_profiling = True
+    options.profile_file_prefix = str(session_path.with_suffix(""))
+    session = ort.InferenceSession(str(session_path), options, providers=["CPUExecutionProvider"])
+    feed = {"audio": example.numpy()}
+    for _ in range(1 + repeats):  # the first run plans memory: left out below
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    first_counted = sorted(e["ts"] for e in runs)[-repeats]  # the warm-up run's nodes are left out
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first_counted:
+            op = e["args"].get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + e["dur"] / 1e3 / repeats
+    return totals
+
+
+def compare(full, trimmed, example, repeats: int = 10, warmup: int = 3, threads: int = 2, top: int = 12,
+            runtime: str = "torch") -> dict:
+    """Wall time (medians, the two models alternated) and per-operator time of `full` and `trimmed` on `example`,
+    in PyTorch or (runtime "onnxruntime") exported and run by ONNX Runtime."""
+    if runtime == "onnxruntime":
+        import tempfile
+
+        from onnx_speed import with_head
+
+        from kwyn import export
+
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {name: export.export_onnx(with_head(m), Path(tmp) / f"{name}.onnx",
+                                              seconds=example.shape[1] / m.sample_rate)
+                     for name, m in (("full", full), ("trimmed", trimmed))}
+            sessions = {name: export.onnx_session(path, threads) for name, path in paths.items()}
+            walls = export.onnx_latency_ms(sessions, example.numpy(), repeats, warmup)
+            ops = {name: onnx_operator_ms(path, example, repeats, threads) for name, path in paths.items()}
+    else:
+        with torch.inference_mode():
+            walls = profile.latency_ms({"full": full, "trimmed": trimmed}, example, repeats, warmup, threads)
+            ops = {name: operator_ms(m, example, repeats) for name, m in (("full", full), ("trimmed", trimmed))}
     flops = {name: profile.cost(m, example)["gflops"] for name, m in (("full", full), ("trimmed", trimmed))}
     inside = {name: sum(ops[name].values()) for name in ops}
     names = sorted(set(ops["full"]) | set(ops["trimmed"]), key=lambda k: -ops["trimmed"].get(k, 0.0))[:top]
@@ -65,6 +110,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
     if not 0 < args.ratio < 1:
@@ -76,8 +122,9 @@ def main(argv=None) -> dict:
                          keep_for_ratio(full, args.ratio, args.seed, args.multiple_of))
     result = {"backbone": args.backbone, "input_seconds": args.input_seconds, "ratio": args.ratio,
               "removed": 1 - trimmed.param_count() / full.param_count(), "multiple_of": args.multiple_of,
-              "threads": args.threads, "repeats": args.repeats,
-              **compare(full, trimmed, full.example_input(args.input_seconds, 1), args.repeats, threads=args.threads)}
+              "threads": args.threads, "repeats": args.repeats, "runtime": args.runtime,
+              **compare(full, trimmed, full.example_input(args.input_seconds, 1), args.repeats, threads=args.threads,
+                        runtime=args.runtime)}
     write_json(args.json, result)
     print({k: result[k] for k in ("flops_ratio", "speedup", "wall_ms", "operators_ms", "outside_operators_ms")})
     for row in result["operators"]:

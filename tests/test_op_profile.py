@@ -39,3 +39,16 @@ def test_op_profile_refuses_a_ratio_outside_0_1(tmp_path):
     with pytest.raises(SystemExit):
         op_profile.main(["--backbone", "crepe-tiny", "--input-seconds", "0.064", "--ratio", "1.0",
                          "--json", str(tmp_path / "x.json")])
+
+
+def test_op_profile_in_onnx_runtime_times_the_exported_models_operators(tmp_path):
+    out = tmp_path / "ort.json"
+    result = op_profile.main(["--backbone", "crepe-tiny", "--input-seconds", "0.064", "--ratio", "0.5",
+                              "--threads", "1", "--repeats", "2", "--runtime", "onnxruntime", "--json", str(out)])
+    assert json.loads(out.read_text())["runtime"] == "onnxruntime"
+    rows = result["operators"]
+    assert any("Conv" in r["operator"] for r in rows)  # ONNX Runtime's op types, not aten's
+    assert not any(r["operator"].startswith("aten::") for r in rows)
+    assert all(r["full_ms"] >= 0 and r["trimmed_ms"] >= 0 for r in rows)
+    assert 0 < sum(r["trimmed_ms"] for r in rows) <= result["operators_ms"]["trimmed"] * (1 + 1e-9)
+    assert result["speedup"] == pytest.approx(result["wall_ms"]["full"] / result["wall_ms"]["trimmed"])
