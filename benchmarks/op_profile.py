@@ -44,13 +44,10 @@ def onnx_operator_ms(session_path: Path, example, repeats: int, threads: int) ->
     """Time per operator type in ONNX Runtime (its profiler's node events), ms per run (mean over `repeats` runs)."""
     import json
 
-    import onnxruntime as ort
+    from kwyn import export
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = threads, 1, 3
-    options.enable_profiling = True
-    options.profile_file_prefix = str(session_path.with_suffix(""))
-    session = ort.InferenceSession(str(session_path), options, providers=["CPUExecutionProvider"])
+    session = export.onnx_session(session_path, threads, enable_profiling=True,
+                                  profile_file_prefix=str(session_path.with_suffix("")))
     feed = {"audio": example.numpy()}
     for _ in range(1 + repeats):  # the first run plans memory: left out below
         session.run(None, feed)

@@ -176,15 +176,18 @@ def _set_metadata(path: Path, values: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def onnx_session(path: str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session with a fixed thread count (as kwyn.profile measures PyTorch)."""
+def onnx_session(path: str | Path, threads: int = 1, **options):
+    """An ONNX Runtime CPU session with a fixed thread count (as kwyn.profile measures PyTorch); `options`: other
+    ort.SessionOptions attributes (enable_profiling, optimized_model_filepath, ...)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = threads
+    session_options.inter_op_num_threads = 1
+    session_options.log_severity_level = 3  # errors only
+    for name, value in options.items():
+        setattr(session_options, name, value)
+    return ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
 
 
 NCHWC = "com.microsoft.nchwc"  # the domain of ONNX Runtime's blocked-layout operators
@@ -202,14 +205,11 @@ def conv_layout(path: str | Path) -> dict[str, int]:
         conv_layout("models/x.onnx")   # {"convs": 14, "blocked": 12, "reorders": 1}
     """
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        nodes = onnx.load(options.optimized_model_filepath).graph.node
+        optimized = Path(tmp) / "optimized.onnx"
+        onnx_session(path, optimized_model_filepath=str(optimized))
+        nodes = onnx.load(str(optimized)).graph.node
     convs = [n for n in nodes if n.op_type in ("Conv", "FusedConv")]
     return {"convs": len(convs), "blocked": sum(n.domain == NCHWC for n in convs),
             "reorders": sum(n.domain == NCHWC and n.op_type.startswith("Reorder") for n in nodes)}

@@ -50,19 +50,24 @@ def train_killed_after(step: int, exp, data, run_dir) -> None:
         train(exp, data, run_dir, progress=False, on_step=interrupt)
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """Rendered + prepared notes of TINY_DATASET (real rendering and preparation code)."""
+def tiny_notes(root: Path, clip_seconds: float = TINY_DATASET["clip_seconds"]) -> Path:
+    """Rendered + prepared notes of TINY_DATASET under `root` (real rendering and preparation code), cut to
+    `clip_seconds`; returns the prepared dataset's folder."""
     from kwyn.data.prepare import prepare_nsynth_like
     from kwyn.data.soundfont import render_nsynth_like
 
-    root = tmp_path_factory.mktemp("notes")
     d = TINY_DATASET
     render_nsynth_like(root / "raw", seed=d["seed"], note_seconds=d["note_seconds"], pitches=tuple(d["pitches"]),
                        families=d["families"], split_per_family=tuple(d["split_per_family"]))
-    prepare_nsynth_like(root / "raw", root / "prepared", clip_seconds=d["clip_seconds"],
+    prepare_nsynth_like(root / "raw", root / "prepared", clip_seconds=clip_seconds,
                         offset_seconds=d["offset_seconds"], pitches=tuple(d["pitches"]))
     return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Rendered + prepared notes of TINY_DATASET."""
+    return tiny_notes(tmp_path_factory.mktemp("notes"))
 
 
 @pytest.fixture

@@ -329,22 +329,14 @@ def test_importance_init_starts_the_masks_from_the_importance_ranking(tmp_path, 
         validate(raw)
 
 
-
 # -- distillation frame by frame (recipe.distill_frames) ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def frame_data(tmp_path_factory):
     """The tiny notes at 0.2 s: CREPE-tiny gives several frames per clip (one at the default 0.064 s)."""
-    from kwyn.data.prepare import prepare_nsynth_like
-    from kwyn.data.soundfont import render_nsynth_like
-    from conftest import TINY_DATASET as d
+    from conftest import tiny_notes
 
-    root = tmp_path_factory.mktemp("notes_frames")
-    render_nsynth_like(root / "raw", seed=d["seed"], note_seconds=d["note_seconds"], pitches=tuple(d["pitches"]),
-                       families=d["families"], split_per_family=tuple(d["split_per_family"]))
-    prepare_nsynth_like(root / "raw", root / "prepared", clip_seconds=0.2, offset_seconds=d["offset_seconds"],
-                        pitches=tuple(d["pitches"]))
-    return root / "prepared"
+    return tiny_notes(tmp_path_factory.mktemp("notes_frames"), clip_seconds=0.2)
 
 
 def test_a_frame_teacher_caches_the_full_encoders_frames_and_pools_them_as_embed(frame_data):
