@@ -15,6 +15,11 @@ for b in wav2vec2-base musicfm clap-cnn14; do
 done
 python benchmarks/crepe_conv.py --json $out/crepe_conv.json
 python benchmarks/train_step.py --backbone crepe-full --batch 8 --json $out/train_step_crepe-full.json
+# the grid's batch, fp32 and bf16 autocast (params.yaml: CREPE trains in bf16; benchmarks/results/precision.md)
+python benchmarks/train_step.py --backbone crepe-full --batch 8 --precision bf16 --json $out/train_step_crepe-full_bf16.json
+for p in fp32 bf16; do
+  python benchmarks/train_step.py --backbone whisper-tiny-encoder --input-seconds 1 --batch 8 --precision $p --json $out/train_step_whisper-tiny-encoder_b8_$p.json
+done
 for b in whisper-tiny-encoder wav2vec2-base musicfm clap-cnn14; do
   python benchmarks/train_step.py --backbone $b --input-seconds 1 --batch 4 --repeats 5 --warmup 1 --json $out/train_step_$b.json
 done

@@ -2,7 +2,9 @@
 
 The result holds the task's metrics for the trimmed ("test") and the masked ("test_masked")
 model, the largest |difference| of their outputs (logits, or CTC log-probs for ASR) and, for
-ASR, how many test utterances the two decode differently (differing_decodes, expected 0).
+ASR, how many test utterances the two decode differently (differing_decodes, expected 0). The
+masked model (the full encoder's cost) sees `profile.masked_check_clips` test clips, spread over
+the split (masked_check_clips; default: all of them).
 """
 from __future__ import annotations
 
@@ -103,8 +105,10 @@ def _evaluate_one(exp: ResolvedExperiment, test_set, run_dir: Path, model_dir: P
     trimmed = load_trimmed(model_dir)
     batch = exp.profile.eval_batch_size
     # logits (classification, tagging) or per-utterance log-probs (asr)
-    masked_out = predict(masked, test_set, batch, progress=progress)
     trimmed_out = predict(trimmed, test_set, batch, progress=progress)
+    checked = check_clips(len(test_set), exp.profile.masked_check_clips)
+    masked_out = predict(masked, test_set, batch, checked, progress=progress)
+    trimmed_checked = trimmed_out if len(checked) == len(test_set) else predict(trimmed, test_set, batch, checked)
 
     # cost is the encoder's (the head is the same small MLP for every method)
     full = frozen_backbone(exp)
@@ -123,15 +127,18 @@ def _evaluate_one(exp: ResolvedExperiment, test_set, run_dir: Path, model_dir: P
         # ratio control's ramp, as a share of the mask steps (1: the target is reached where the mask training ends)
         "ratio_ramp": exp.sparsity.ratio_ramp if exp.sparsity and exp.sparsity.ratio is not None else None,
         "seed": exp.train.seed,
+        "precision": exp.train.precision,  # of the training (autocast); evaluation is in fp32
         "mask_lr": exp.train.mask_lr if method_of(exp).learns_masks else None,
         "selected_step": best["row"]["step"], "val_metric": best["row"]["val_metric"],
         "task_type": type_name, "metric": ttype.primary,  # the primary metric: a key of "test"
         "higher_is_better": ttype.higher_is_better,
         "test": ttype.score(trimmed_out, test_set),
-        "test_masked": ttype.score(masked_out, test_set),
-        "max_abs_diff_masked_vs_trimmed": max_abs_diff(masked_out, trimmed_out),
-        # asr: differing_decodes, the test utterances whose greedy decodes differ (0 when trimming is exact)
-        **ttype.agreement(masked_out, trimmed_out, ttype.context(test_set)),
+        # the masked model's metrics on the checked clips (the whole test split unless profile.masked_check_clips)
+        "test_masked": ttype.score(masked_out, test_set, checked),
+        "masked_check_clips": len(checked), "test_clips": len(test_set),
+        "max_abs_diff_masked_vs_trimmed": max_abs_diff(masked_out, trimmed_checked),
+        # asr: differing_decodes, the checked utterances whose greedy decodes differ (0 when trimming is exact)
+        **ttype.agreement(masked_out, trimmed_checked, ttype.context(test_set)),
         "trim_ratio": 1 - trimmed_cost["params"] / full_cost["params"],
         "input_seconds": exp.profile.input_seconds, "profile_batch": exp.profile.batch,
         "threads": exp.profile.threads,
@@ -147,6 +154,14 @@ def _evaluate_one(exp: ResolvedExperiment, test_set, run_dir: Path, model_dir: P
         "site_kinds": {s.name: s.kind for s in full.mask_sites()},
     }
     return result
+
+
+def check_clips(count: int, limit: int | None) -> list[int]:
+    """Indices of the test clips that go through the masked model as well: all of them, or `limit` spread evenly
+    over the split (its classes and speakers come in runs)."""
+    if limit is None or limit >= count:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)}) if limit > 1 else [0]
 
 
 def write_result(result: dict, path: str | Path) -> None:

@@ -356,6 +356,9 @@ class Profile(_Strict):
     warmup: int = Field(5, ge=0)
     threads: int = Field(1, ge=1)
     eval_batch_size: int = Field(32, ge=1)
+    # test clips that also go through the masked model, to check that trimming changed no output (None: every
+    # test clip). The masked model costs the full encoder: on CREPE it was most of a trim stage's time
+    masked_check_clips: Optional[int] = Field(None, ge=1)
 
 
 class ProfileOverrides(_Strict):
@@ -365,6 +368,7 @@ class ProfileOverrides(_Strict):
     warmup: Optional[int] = Field(None, ge=0)
     threads: Optional[int] = Field(None, ge=1)
     eval_batch_size: Optional[int] = Field(None, ge=1)
+    masked_check_clips: Optional[int] = Field(None, ge=1)
 
 
 class Experiment(_Strict):

@@ -86,10 +86,12 @@ def expand_rounds(results: list[dict]) -> list[dict]:
 def results_frame(results: list[dict]) -> pd.DataFrame:
     def row(r: dict) -> dict:
         test, masked = r["test"], r.get("test_masked") or {}
+        if r.get("masked_check_clips", r.get("test_clips")) != r.get("test_clips"):
+            masked = {}  # the masked model saw a sample of the split (profile.masked_check_clips): no split score
         target = r.get("target_ratio")
         return {"experiment": r["experiment"], "model": r["backbone"], "dataset": r["dataset"], "task": r["task"],
                 "task_type": r.get("task_type", "classification"), "method": r["method"], "setting": setting(r),
-                "recipe": recipe_text(r), "seed": r.get("seed", 0),
+                "recipe": recipe_text(r), "seed": r.get("seed", 0), "precision": r.get("precision", "fp32"),
                 "round": r.get("round"), "target_pct": NAN if target is None else 100 * target,
                 "trim_pct": 100 * r["trim_ratio"], "metric": r["metric"], "score": test[r["metric"]],
                 "masked_score": masked.get(r["metric"], NAN),
@@ -148,6 +150,7 @@ def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
         out[f"{column}_std"] = grouped[column].std(ddof=0).where(out.seeds > 1)  # one seed has no spread
     out["experiment"] = grouped.experiment.first()
     out["threads"] = grouped.threads.first()
+    out["precision"] = grouped.precision.first()
     out = out.reset_index()
     out["round"] = out["round"].astype("Int64")
     out["target_pct"] = out.target_pct.where(out.target_pct >= 0)
@@ -172,7 +175,8 @@ def relative_drop(score, base_score, higher_is_better):
 
 def results_table(frame: pd.DataFrame) -> pd.DataFrame:
     """The long detail table: every result (every lottery round) with every metric next to the base's."""
-    return frame[["model", "dataset", "task", "method", "setting", "experiment", "seed", "target_pct", "trim_pct", "metric",
+    return frame[["model", "dataset", "task", "method", "setting", "experiment", "seed", "precision", "target_pct",
+                  "trim_pct", "metric",
                   "higher_is_better", "score", "masked_score", "base_score", "delta_vs_base", "relative_drop",
                   "w_acc", "macro_acc", "base_w_acc", "roc_auc", "cer", "max_abs_diff", "params_m", "size_mb",
                   "gflops", "latency_ms", "full_latency_ms", "speedup"]].copy()
@@ -266,7 +270,8 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     rows = frame[frame["round"].isna() | (frame["round"] == frame.groupby("config")["round"].transform("max"))]
     out = pd.DataFrame({
         "model / task": rows.model + " / " + rows.task,
-        "setting": rows.setting,  # a kwyn setting names its recipe
+        # a kwyn setting names its recipe; training in bf16 autocast says so (evaluation is always fp32)
+        "setting": rows.setting + rows.precision.map(lambda p: "" if p == "fp32" else f", {p} steps"),
         "seeds": rows.seeds,
         "removed %": rows.trim_pct.round(1),
         "score": [f"{m:.3f}" + (f" [{lo:.3f}-{hi:.3f}]" if n > 1 else "")

@@ -286,6 +286,22 @@ def test_seeds_are_averaged_with_their_spread_and_recipes_keep_their_own_rows(tm
     assert row["vs base (points)"] == pytest.approx(100 * (0.80 - 0.92)) and row["removed %"] == 51.0
 
 
+def test_bf16_training_is_named_in_the_summary_and_a_sampled_masked_check_gives_no_split_score(tmp_path):
+    results = [make_result("net", "notes", "pitch", "base", 0.90, experiment="net_pitch_base"),
+               make_result("net", "notes", "pitch", "kwyn", 0.80, 0.5, target=0.5, experiment="net_pitch_kwyn_50",
+                           precision="bf16", masked_check_clips=64, test_clips=400),
+               make_result("net", "notes", "pitch", "kwyn", 0.70, 0.75, target=0.75, experiment="net_pitch_kwyn_75",
+                           masked_check_clips=400, test_clips=400)]
+    tables = report.write_all(results, tmp_path / "tables", tmp_path / "figures", reference_dir=tmp_path)
+    detail = tables["results"].set_index("experiment")
+    assert np.isnan(detail.loc["net_pitch_kwyn_50", "masked_score"])  # 64 of 400 clips: not the split's score
+    assert detail.loc["net_pitch_kwyn_75", "masked_score"] == 0.70
+    assert list(detail.precision) == ["fp32", "bf16", "fp32"]
+    summary = pd.read_csv(tmp_path / "tables" / "summary.csv").set_index("removed %")
+    assert summary.loc[50.0, "setting"].endswith(", bf16 steps")
+    assert not summary.loc[75.0, "setting"].endswith("steps")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # readings: the sentences 04_report prints under each table and figure state the numbers of the same frames
 

@@ -7,10 +7,14 @@ import pytest
 import torch
 from conftest import tiny_params, train_killed_after
 
-from kwyn.evaluate import evaluate_run, trim_run
+from kwyn.data.prepare import PreparedDataset
+from kwyn.evaluate import check_clips, evaluate_run, trim_run
+from kwyn.metrics import task_type
+from kwyn.model import predict
 from kwyn.params import experiment, validate
 from kwyn.runs import load_trained
 from kwyn.train import train
+from kwyn.trim import load_trimmed
 
 
 def tiny(name="tiny_kwyn", **train_overrides):
@@ -98,3 +102,26 @@ def test_trimmed_model_from_disk_equals_masked_model_on_the_test_split(tmp_path,
     assert result["params"] <= result["full_params"] and result["gflops"] <= result["full_gflops"]
     if name == "tiny_base":
         assert result["trim_ratio"] == 0 and result["params"] == result["full_params"]
+
+
+def test_masked_check_clips_limits_the_masked_pass_to_clips_spread_over_the_test_split(tmp_path, tiny_data):
+    exp = tiny(steps=6)
+    exp = exp.model_copy(update={"profile": exp.profile.model_copy(update={"masked_check_clips": 3})})
+    train(exp, tiny_data, tmp_path / "run", progress=False)
+    trim_run(exp, tmp_path / "run", tmp_path / "model")
+    result = evaluate_run(exp, tiny_data, tmp_path / "run", tmp_path / "model", progress=False)
+    test_set = PreparedDataset(tiny_data, "test", exp.task)
+    checked = check_clips(len(test_set), 3)
+    assert result["masked_check_clips"] == len(checked) == 3 and result["max_abs_diff_masked_vs_trimmed"] < 1e-5
+    # the masked metrics are those of the checked clips, scored like the whole split
+    trimmed = load_trimmed(tmp_path / "model")
+    _, ttype = task_type(test_set)
+    assert result["test_masked"] == ttype.score(predict(trimmed, test_set, 32, checked), test_set, checked)
+    assert result["test"] == ttype.score(predict(trimmed, test_set, 32), test_set)
+
+
+def test_check_clips_spreads_over_the_split_from_first_to_last():
+    assert check_clips(10, None) == check_clips(10, 10) == check_clips(10, 50) == list(range(10))
+    assert check_clips(10, 4) == [0, 3, 6, 9]
+    assert check_clips(100, 7)[0] == 0 and check_clips(100, 7)[-1] == 99 and len(check_clips(100, 7)) == 7
+    assert check_clips(5, 1) == [0]
