@@ -8,6 +8,8 @@ test is reported beside it.
 
     python benchmarks/convergence.py --experiments whisper_word_kwyn_75 --steps 100 200 400 \\
         --recipe paper --recipe fast:head_warmup=0.1,distill=1,refit=0.2 --json out.json
+    python benchmarks/convergence.py --experiments whisper_word_hardconcrete_75 --steps 200 \\
+        --hardconcrete lr=0.2,init_drop=0.5 --json out.json      # HardConcrete's start settings
 
 Each JSON row: experiment, recipe, steps, seed, target and achieved ratio, best and after-ramp-minimum
 validation metric, validation and test metric of the selected model, train seconds.
@@ -46,11 +48,21 @@ def parse_recipe(text: str) -> tuple[str, dict | None]:
     return name, Recipe(**{k: v if k == "init" else json.loads(v) for k, v in values.items()}).model_dump()
 
 
+def with_block(exp, block: str, values: dict | None):
+    """exp with keys of one of its blocks (sparsity, hardconcrete) replaced, validated as params.yaml's would be."""
+    if not values:
+        return exp
+    current = getattr(exp, block, None)
+    if current is None:
+        raise ValueError(f"{exp.name} has no {block} block to change (its method is {exp.method})")
+    return exp.model_copy(update={block: type(current).model_validate({**current.model_dump(by_alias=True),
+                                                                       **values})})
+
+
 def run_one(name: str, recipe: dict | None, steps: int, seed: int, runs: Path, train_overrides: dict,
-            sparsity_overrides: dict | None = None) -> dict:
-    exp = pipeline.experiment(name)
-    if sparsity_overrides:
-        exp = exp.model_copy(update={"sparsity": exp.sparsity.model_copy(update=sparsity_overrides)})
+            sparsity_overrides: dict | None = None, hardconcrete_overrides: dict | None = None) -> dict:
+    exp = with_block(with_block(pipeline.experiment(name), "sparsity", sparsity_overrides),
+                     "hardconcrete", hardconcrete_overrides)
     train_cfg = exp.train.model_copy(update={"steps": steps, "seed": seed,
                                              "eval_every": max(1, steps // 8), "checkpoint_every": steps,
                                              **train_overrides})
@@ -58,7 +70,9 @@ def run_one(name: str, recipe: dict | None, steps: int, seed: int, runs: Path, t
     data = pipeline.data_dir(exp.dataset) / "prepared"
     run_dir = runs / run_folder(f"{name}__{json.dumps(recipe, sort_keys=True) if recipe else 'paper'}__{steps}__"
                                 f"{seed}__{json.dumps(train_overrides, sort_keys=True)}"
-                                f"{json.dumps(sparsity_overrides or {})}")
+                                f"{json.dumps(sparsity_overrides or {})}"
+                                + (f"__hc{json.dumps(hardconcrete_overrides, sort_keys=True)}"
+                                   if hardconcrete_overrides else ""))
     started = time.perf_counter()
     summary = train(exp, data, run_dir, progress=False)
     seconds = time.perf_counter() - started  # near 0 when the run existed
@@ -69,7 +83,7 @@ def run_one(name: str, recipe: dict | None, steps: int, seed: int, runs: Path, t
         _, ttype = task_type(dataset, name)
         scores[split] = ttype.score(predict(model, dataset, 32), dataset)[ttype.primary]
     history = [json.loads(json.dumps(row)) for row in _history(run_dir)]
-    ramp_end = (exp.sparsity.ratio_ramp if exp.sparsity else 0)
+    ramp_end = exp.sparsity.ratio_ramp if exp.sparsity else exp.hardconcrete.ratio_ramp if exp.hardconcrete else 0
     after_ramp = [r["val_metric"] for r in history if r["trim_ratio"] >= 0.98 * (exp.target_ratio or 0)
                   and r["step"] >= ramp_end * steps]
     return {"experiment": name, "recipe": recipe, "steps": steps, "seed": seed, "target_ratio": exp.target_ratio,
@@ -106,6 +120,8 @@ def main(argv=None) -> None:
                         help="'paper', or NAME:head_warmup=..,distill=..,refit=.. (repeatable)")
     parser.add_argument("--train", default="", help="other train keys for every run, e.g. mask_lr=0.1")
     parser.add_argument("--sparsity", default="", help="sparsity keys for every run, e.g. ratio_ramp=0.8")
+    parser.add_argument("--hardconcrete", default="", help="hardconcrete keys for every run (hardconcrete "
+                        "experiments), e.g. lr=0.2,init_drop=0.5")
     parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
     parser.add_argument("--json", type=Path, required=True, help="rows are appended to this file's list")
     parser.add_argument("--report", type=Path, help="write <this>.png (budget figure) and <this>.md (ablation "
@@ -121,6 +137,7 @@ def main(argv=None) -> None:
         return
     overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.train.split(",") if kv)}
     sparsity = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.sparsity.split(",") if kv)}
+    hardconcrete = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.hardconcrete.split(",") if kv)}
     recipes = [parse_recipe(r) for r in (args.recipe or ["paper"])]
     rows = json.loads(args.json.read_text()) if args.json.exists() else []
     torch.set_num_threads(2)
@@ -128,8 +145,10 @@ def main(argv=None) -> None:
         for label, recipe in recipes:
             for steps in args.steps:
                 for seed in args.seeds:
-                    row = {"recipe_name": label, **run_one(name, recipe, steps, seed, args.runs, overrides, sparsity),
-                           "train": overrides, "sparsity": sparsity}
+                    row = {"recipe_name": label, **run_one(name, recipe, steps, seed, args.runs, overrides, sparsity,
+                                                           hardconcrete),
+                           "train": overrides, "sparsity": sparsity, **({"hardconcrete": hardconcrete}
+                                                                         if hardconcrete else {})}
                     rows = [r for r in rows if not _same(r, row)] + [row]
                     args.json.parent.mkdir(parents=True, exist_ok=True)
                     args.json.write_text(json.dumps(rows, indent=1))
@@ -173,7 +192,8 @@ def setting_text(row: dict) -> str:
     """What a row changed from the paper's loop: its recipe's non-default keys, then train and sparsity keys."""
     defaults = Recipe().model_dump()
     recipe = {k: v for k, v in (row.get("recipe") or {}).items() if v != defaults[k] and k != "init_batches"}
-    parts = [f"{k}={v}" for k, v in {**recipe, **(row.get("train") or {}), **(row.get("sparsity") or {})}.items()]
+    parts = [f"{k}={v}" for k, v in {**recipe, **(row.get("train") or {}), **(row.get("sparsity") or {}),
+                                     **(row.get("hardconcrete") or {})}.items()]
     return " ".join(parts) or "paper's loop"
 
 
@@ -206,7 +226,8 @@ def _base_scores() -> None:
 
 
 def _same(a: dict, b: dict) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("experiment", "recipe", "steps", "seed", "train", "sparsity"))
+    return all(a.get(k) == b.get(k) for k in ("experiment", "recipe", "steps", "seed", "train", "sparsity",
+                                              "hardconcrete"))
 
 
 if __name__ == "__main__":

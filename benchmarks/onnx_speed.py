@@ -98,7 +98,14 @@ def main(argv=None):
     parser.add_argument("--pretrained", action="store_true")
     parser.add_argument("--multiple-of", type=int, default=1, help="conv/FFN widths kept in multiples of this")
     parser.add_argument("--int8-ops", nargs="+", default=list(export.INT8_OPS))
+    parser.add_argument("--crepe-conv2d", action="store_true",
+                        help="CREPE's (k, 1) convolutions computed (and exported) as torchcrepe's conv2d instead of "
+                             "kwyn's conv1d, so that ONNX Runtime may block them (an experiment: README \"Export\")")
     args = parser.parse_args(argv)
+    if args.crepe_conv2d:
+        import kwyn.backbones.crepe as crepe
+
+        crepe._conv_height = lambda conv, x: conv(x)  # the same numbers, as one 2-D convolution per layer
     torch.manual_seed(args.seed)
     models = (models_from_ratios(args.backbone, args.ratios, args.seed, args.pretrained, args.multiple_of) if args.backbone
               else models_from_dirs(args.models))

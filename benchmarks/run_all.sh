@@ -41,6 +41,9 @@ for spec in "crepe-full 0.064" "wav2vec2-base 4" "clap-cnn14 4" "musicfm 4"; do
   python benchmarks/onnx_speed.py --backbone $1 --input-seconds $2 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 20 --json $out/onnx_speed_x16_$1.json
 done
 python benchmarks/onnx_speed.py --report $out/onnx_speed_x16.md $out/onnx_speed_x16_*.json
+# CREPE exported with 1-D (kwyn's) and 2-D (torchcrepe's) convolutions, one session
+python benchmarks/onnx_speed.py --backbone crepe-full --input-seconds 0.064 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 20 --json $out/onnx_conv_crepe-full_x16_conv1d.json
+python benchmarks/onnx_speed.py --backbone crepe-full --input-seconds 0.064 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 20 --crepe-conv2d --json $out/onnx_conv_crepe-full_x16_conv2d.json
 for spec in "wav2vec2-base 4 10" "clap-cnn14 4 10" "crepe-full 0.064 30"; do
   set -- $spec
   python benchmarks/op_profile.py --backbone $1 --input-seconds $2 --ratio 0.75 --multiple-of 16 --threads 1 --repeats $3 --runtime onnxruntime --json $out/op_profile_$1_ort.json

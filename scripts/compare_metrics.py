@@ -6,6 +6,11 @@ What a refactor must leave unchanged (issue G: "every metrics/*.json of the defa
     python scripts/compare_metrics.py --before-rev 1be4653 --after metrics --json benchmarks/results/refactor_metrics.json
     python scripts/compare_metrics.py --before /tmp/old/metrics --after metrics
 
+What a change of the science did, configuration by configuration (seeds averaged: removed share, validation score
+of the selected checkpoint, test score with its min-max), for the experiments whose names start with --only:
+
+    python scripts/compare_metrics.py --before-rev 51e02bc --after metrics --only crepe_ --scores benchmarks/results/precision_grid.md
+
 Exit status 0 when every experiment present on both sides agrees; the JSON lists, per experiment, the keys that
 differ (before, after), and the experiments found on one side only.
 """
@@ -14,9 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from kwyn.report import config_name
 
 TIMINGS = {"latency_ms", "full_latency_ms", "speedup"}  # measured wall-clock: noise, not results
 
@@ -61,6 +69,27 @@ def compare(before: dict[str, dict], after: dict[str, dict], rel: float = 1e-9) 
             "ignored_keys": sorted(TIMINGS), "rel_tol": rel}
 
 
+def score_table(before: dict[str, dict], after: dict[str, dict], labels=("before", "after")) -> str:
+    """A markdown table, one row per configuration found on both sides: seeds, removed %, val (selected) and test
+    (mean [min-max]) before and after."""
+    def side(results: dict[str, dict], config: str) -> dict:
+        runs = [r for name, r in results.items() if config_name(name) == config]
+        tests = [r["test"][r["metric"]] for r in runs]
+        return {"seeds": len(runs), "removed": 100 * statistics.mean(r["trim_ratio"] for r in runs),
+                "val": statistics.mean(r["val_metric"] for r in runs),
+                "test": f"{statistics.mean(tests):.3f} [{min(tests):.3f}-{max(tests):.3f}]"}
+
+    configs = sorted({config_name(n) for n in before} & {config_name(n) for n in after})
+    a, b = labels
+    lines = [f"| configuration | seeds | removed % {a} | removed % {b} | val {a} | val {b} | test {a} | test {b} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for config in configs:
+        x, y = side(before, config), side(after, config)
+        lines.append(f"| {config} | {y['seeds']} | {x['removed']:.1f} | {y['removed']:.1f} | {x['val']:.3f} | "
+                     f"{y['val']:.3f} | {x['test']} | {y['test']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     side = parser.add_mutually_exclusive_group(required=True)
@@ -69,9 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", required=True, help="a folder of metrics/*.json")
     parser.add_argument("--rel", type=float, default=1e-9, help="relative tolerance for floats")
     parser.add_argument("--json", help="write the comparison here")
+    parser.add_argument("--only", default="", help="compare the experiments whose names start with this")
+    parser.add_argument("--scores", help="write the per-configuration score table (markdown) here")
+    parser.add_argument("--labels", nargs=2, default=["before", "after"], help="the two sides' names in --scores")
     args = parser.parse_args(argv)
     before = read_rev(args.before_rev) if args.before_rev else read_dir(args.before)
-    result = compare(before, read_dir(args.after), args.rel)
+    after = read_dir(args.after)
+    before, after = ({k: v for k, v in d.items() if k.startswith(args.only)} for d in (before, after))
+    result = compare(before, after, args.rel)
+    if args.scores:
+        Path(args.scores).write_text(score_table(before, after, args.labels))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"{result['identical']} of {result['compared']} experiments identical (timings left out); "

@@ -39,3 +39,14 @@ def test_the_command_line_reads_folders_and_exits_nonzero_on_a_difference(tmp_pa
     assert compare_metrics.main(["--before", str(tmp_path / "a"), "--after", str(tmp_path / "b"),
                                  "--json", str(tmp_path / "out.json")]) == 1
     assert json.loads((tmp_path / "out.json").read_text())["differing"]["x"][0]["key"] == "trim_ratio"
+
+
+def test_score_table_averages_each_configuration_over_its_seeds():
+    def run(val, test, trim):
+        return result(val_metric=val, test={"accuracy": test}, metric="accuracy", trim_ratio=trim)
+
+    before = {"net_kwyn_50": run(0.8, 0.7, 0.5), "net_kwyn_50_seed1": run(0.6, 0.9, 0.52), "net_only_before": run(1, 1, 0)}
+    after = {"net_kwyn_50": run(0.9, 0.8, 0.5), "net_kwyn_50_seed1": run(0.7, 0.6, 0.5)}
+    table = compare_metrics.score_table(before, after, ("fp32", "bf16")).splitlines()
+    assert table[0].startswith("| configuration | seeds | removed % fp32 | removed % bf16 | val fp32 | val bf16")
+    assert table[2:] == ["| net_kwyn_50 | 2 | 51.0 | 50.0 | 0.700 | 0.800 | 0.800 [0.700-0.900] | 0.700 [0.600-0.800] |"]

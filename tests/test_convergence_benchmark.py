@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
@@ -39,3 +40,27 @@ def test_run_folders_stay_short_and_distinct():
     recipe = json.dumps({f"option_{i}": i for i in range(30)})
     long_a, long_b = run_folder(f"x__{recipe}__200__0"), run_folder(f"x__{recipe}__200__1")
     assert len(long_a) == MAX_NAME < 255 and long_a != long_b  # the seed is past the prefix: the hash tells them apart
+
+
+def test_with_block_changes_one_block_validated_and_refuses_a_missing_one():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pydantic
+    from conftest import tiny_params
+    from convergence import with_block
+
+    from kwyn.params import experiment, validate
+
+    raw = tiny_params()
+    raw["experiments"]["tiny_hc"] = {"backbone": "crepe-tiny", "dataset": "notes", "task": "pitch",
+                                     "method": "hardconcrete", "hardconcrete": {"ratio": 0.5}}
+    params = validate(raw)
+    hc = experiment("tiny_hc", params)
+    changed = with_block(hc, "hardconcrete", {"lr": 0.2, "init_drop": 0.5})
+    assert (changed.hardconcrete.lr, changed.hardconcrete.init_drop, changed.hardconcrete.ratio) == (0.2, 0.5, 0.5)
+    assert hc.hardconcrete.lr == 0.1 and with_block(hc, "hardconcrete", {}) is hc
+    with pytest.raises(pydantic.ValidationError):
+        with_block(hc, "hardconcrete", {"init_drop": 1.5})
+    with pytest.raises(ValueError, match="tiny_hc has no sparsity block"):
+        with_block(hc, "sparsity", {"ratio_ramp": 0.8})
+    kwyn = with_block(experiment("tiny_kwyn", params), "sparsity", {"ratio_ramp": 0.8})
+    assert kwyn.sparsity.ratio_ramp == 0.8 and kwyn.sparsity.lambda_ == 50.0
