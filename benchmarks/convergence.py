@@ -48,6 +48,11 @@ def parse_recipe(text: str) -> tuple[str, dict | None]:
     return name, Recipe(**{k: v if k == "init" else json.loads(v) for k, v in values.items()}).model_dump()
 
 
+def parse_keys(text: str) -> dict:
+    """'mask_lr=0.2,precision="bf16"' -> {"mask_lr": 0.2, "precision": "bf16"}: each value read as JSON."""
+    return {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in text.split(",") if kv)}
+
+
 def with_block(exp, block: str, values: dict | None):
     """exp with keys of one of its blocks (sparsity, hardconcrete) replaced, validated as params.yaml's would be."""
     if not values:
@@ -135,9 +140,7 @@ def main(argv=None) -> None:
         plot_budgets([r for r in rows if r["recipe_name"] in args.figure], args.report.with_suffix(".png"))
         args.report.with_suffix(".md").write_text(ablation_table(rows) + "\n")
         return
-    overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.train.split(",") if kv)}
-    sparsity = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.sparsity.split(",") if kv)}
-    hardconcrete = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.hardconcrete.split(",") if kv)}
+    overrides, sparsity, hardconcrete = (parse_keys(text) for text in (args.train, args.sparsity, args.hardconcrete))
     recipes = [parse_recipe(r) for r in (args.recipe or ["paper"])]
     rows = json.loads(args.json.read_text()) if args.json.exists() else []
     torch.set_num_threads(2)

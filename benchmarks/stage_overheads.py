@@ -11,6 +11,8 @@
                       exactly with a meta-device model per probe and with Backbone.trimmed_param_counter
   lock_parse_s        parsing this repo's dvc.lock as DVC does (ruamel safe), pure Python and with
                       ruamel.yaml.clib's C parser
+  lock_rewrite_s      what DVC does to dvc.lock after every stage it runs: parse it for update (ruamel's
+                      round-trip loader, pure Python) and dump it again (dvc.utils.serialize)
 
 Medians over --repeats.
 
@@ -96,6 +98,13 @@ def lock_parse_seconds(pure: bool, repeats: int) -> float:
     return median_step(lambda: YAML(typ="safe", pure=pure).load(text), repeats, 0, torch.device("cpu"))
 
 
+def lock_rewrite_seconds(repeats: int) -> float:
+    from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
+
+    text = (ROOT / "dvc.lock").read_text()
+    return median_step(lambda: dumps_yaml(parse_yaml_for_update(text, "dvc.lock")), repeats, 0, torch.device("cpu"))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True)
@@ -114,6 +123,7 @@ def main(argv=None):
                             for b in ("crepe-full", "whisper-tiny-encoder")},
         "lock_parse_s": {"pure_python": round(lock_parse_seconds(True, args.repeats), 3),
                          "c_parser": round(lock_parse_seconds(False, args.repeats), 3)},
+        "lock_rewrite_s": round(lock_rewrite_seconds(args.repeats), 3),
     }
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=2))

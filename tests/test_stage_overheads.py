@@ -17,5 +17,5 @@ def test_stage_overheads_measures_every_item(tmp_path):
     assert set(result["ratio_update_ms"]) == {"crepe-full", "whisper-tiny-encoder"}
     assert all(set(v) == {"meta_model_per_probe", "trimmed_param_counter"} for v in result["ratio_update_ms"].values())
     numbers = [result["papermill_start_s"], *result["import_s"].values(), *result["kernel_stop_s"].values(),
-               *result["lock_parse_s"].values(), *(t for v in result["ratio_update_ms"].values() for t in v.values())]
+               *result["lock_parse_s"].values(), result["lock_rewrite_s"], *(t for v in result["ratio_update_ms"].values() for t in v.values())]
     assert all(x > 0 for x in numbers)
