@@ -4,7 +4,7 @@ progress bars are text.
 
 papermill asks the kernel to exit and waits for it; a kernel that has imported torch then spends
 about 2 s tearing its interpreter down (Python's module teardown, not our code; measured by
-benchmarks/stage_overheads.py), and the default grid has 63 stages. By then every cell has finished and its files are
+benchmarks/stage_overheads.py), and the default grid has 98 notebook stages. By then every cell has finished and its files are
 closed and its outputs received, so nothing is lost by stopping the kernel at once (nbclient's
 shutdown_kernel="immediate": SIGKILL to the kernel's process group).
 

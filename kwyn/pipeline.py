@@ -86,7 +86,7 @@ def prepare(dataset: str) -> dict:
         rendered = render_spoken_commands(raw, seed=p.seed, words=p.words, voices=p.voices, rates=p.rates,
                                           pitches=p.pitches, noise_db=p.noise_db, sample_rate=p.sample_rate,
                                           split_by=p.split_by, split_per_voice=p.split_per_voice,
-                                          split_per_utterance=p.split_per_utterance)
+                                          split_per_utterance=p.split_per_utterance, workers=p.workers)
         # only the tasks an experiment may use: a voice split's prepared files stay word-only, as before `speaker`
         tasks = [t for t in p.TASKS if p.refusal(t) is None]
         return {"rendered": rendered, "prepared": prepare_spoken_commands(raw, out, tasks=tasks, **prep)}

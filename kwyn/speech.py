@@ -4,17 +4,23 @@ We call libespeak-ng's C API through ctypes (no system package, no phonemizer wr
 Determinism: the same text and settings give the same samples, whatever was synthesised before
 in the process and in whatever order (generated datasets are reproducible): each utterance is
 synthesised in a child forked from a parent that initialised the library but never synthesised
-(see _synth_in_fork). Linux/macOS only (fork).
+(see _synth_in_fork). That parent is a small helper process (`Speaker`, started on first use, one
+per thread that speaks): forking it takes well under a millisecond, where forking a process that has
+imported torch took 12 ms, as long as the synthesis itself. Linux/macOS only (fork).
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
+import json
 import os
+import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
-import torch
 
 # espeak_AUDIO_OUTPUT: SYNCHRONOUS = espeak_Synth returns once all audio went to the callback
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -101,7 +107,7 @@ def _languages(ptr: int) -> list[str]:
     return langs
 
 
-def _synth_in_fork(lib, text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
+def _synth_in_fork(lib, text: str, voice: str, rate_wpm: int, pitch: int) -> bytes:
     """Synthesise in a forked child, so every call starts from the same pristine library state.
 
     espeak-ng keeps state between utterances that no API call resets (a static pitch-flutter phase
@@ -126,10 +132,89 @@ def _synth_in_fork(lib, text: str, voice: str, rate_wpm: int, pitch: int) -> np.
     with os.fdopen(read_end, "rb") as pipe:
         message = pipe.read()  # read before waiting: a full pipe would block the child
     os.waitpid(pid, 0)
+    return message or b"E"  # nothing written: the child died
+
+
+def _samples(message: bytes) -> np.ndarray:
     if not message.startswith(b"K"):
         error = ValueError if message.startswith(b"V") else RuntimeError
         raise error(message[1:].decode(errors="replace") or "the espeak-ng child process died")
     return np.frombuffer(message[1:], dtype=np.int16)
+
+
+_HEADER = struct.Struct("<Q")  # the length of each reply the helper writes
+
+
+def _serve() -> None:
+    """The helper's loop: one JSON request per line on stdin, one length-prefixed reply per request on stdout."""
+    lib, _ = _library()
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever the library or a child prints goes to stderr, not into the replies
+    for line in sys.stdin.buffer:
+        message = _synth_in_fork(lib, **json.loads(line))
+        replies.write(_HEADER.pack(len(message)) + message)
+        replies.flush()
+
+
+class Speaker:
+    """A helper process that initialises espeak-ng once and forks a child per utterance (module doc).
+
+        speaker = Speaker()
+        samples = speaker.speak("left", voice="en-us", rate_wpm=160, pitch=50)   # int16 at native_rate
+        speaker.close()
+    """
+
+    def __init__(self):
+        _library()  # fails here, with its message, if the wheel is missing
+        # the helper imports this very kwyn, wherever it was imported from
+        home = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")]))}
+        self._process = subprocess.Popen([sys.executable, "-c", "from kwyn.speech import _serve; _serve()"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.native_rate = _native_rate
+
+    def speak(self, text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
+        request = json.dumps({"text": text, "voice": voice, "rate_wpm": int(rate_wpm), "pitch": int(pitch)})
+        try:
+            self._process.stdin.write(request.encode() + b"\n")
+            self._process.stdin.flush()
+            header = self._process.stdout.read(_HEADER.size)
+        except (BrokenPipeError, ValueError):  # ValueError: the pipe was closed by close()
+            header = b""
+        if len(header) < _HEADER.size:
+            raise RuntimeError(f"the espeak-ng helper process exited (code {self._process.poll()})")
+        return _samples(self._process.stdout.read(_HEADER.unpack(header)[0]))
+
+    def close(self) -> None:
+        """Stop the helper: it exits when its stdin closes."""
+        for pipe in (self._process.stdin, self._process.stdout):
+            try:
+                pipe.close()
+            except BrokenPipeError:  # a helper that died with a request unread
+                pass
+        self._process.wait()
+
+
+_speakers = threading.local()
+_started: list[Speaker] = []
+
+
+def _speaker() -> Speaker:
+    """This thread's helper process, started on first use (stopped by close_speakers or at exit)."""
+    speaker = getattr(_speakers, "speaker", None)
+    if speaker is None or speaker._process.poll() is not None:
+        speaker = _speakers.speaker = Speaker()
+        with _lock:
+            _started.append(speaker)
+    return speaker
+
+
+@atexit.register
+def close_speakers() -> None:
+    """Stop every helper process started so far (threads that speak again start a new one)."""
+    with _lock:
+        while _started:
+            _started.pop().close()
 
 
 def _synth_here(lib, text: str, voice: str, rate_wpm: int, pitch: int) -> bytes:
@@ -154,12 +239,13 @@ def synthesize(text: str, *, voice: str = "en-us", rate_wpm: int = 160, pitch: i
     """
     if not text.strip():
         raise ValueError("synthesize needs non-empty text")
-    with _lock:
-        lib, native_rate = _library()
-        samples = _synth_in_fork(lib, text, voice, rate_wpm, pitch)
-    audio = torch.from_numpy(samples.astype(np.float32) / 32768.0)
-    if sample_rate != native_rate:
-        import torchaudio.functional
+    speaker = _speaker()
+    samples, native_rate = speaker.speak(text, voice, rate_wpm, pitch), speaker.native_rate
+    if sample_rate == native_rate:
+        return samples.astype(np.float32) / 32768.0
+    import torch
+    import torchaudio.functional
 
-        audio = torchaudio.functional.resample(audio, native_rate, sample_rate)
+    audio = torch.from_numpy(samples.astype(np.float32) / 32768.0)
+    audio = torchaudio.functional.resample(audio, native_rate, sample_rate)
     return audio.numpy().astype(np.float32, copy=False)

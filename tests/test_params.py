@@ -35,6 +35,19 @@ def test_the_shipped_params_are_valid():
     assert params.experiments and all(e.dataset in params.datasets for e in params.experiments.values())
 
 
+def test_loading_again_sees_every_edit_and_no_callers_changes(tmp_path):
+    """load_params parses a text once (kwyn.params._parsed_yaml); each call still gets its own Params."""
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    first = load_params(path)
+    first.train.steps = 12345
+    first.experiments.clear()
+    again = load_params(path)
+    assert again.train.steps == DEFAULT["train"]["steps"] and again.experiments
+    path.write_text(path.read_text().replace(f"steps: {DEFAULT['train']['steps']}\n", "steps: 7\n", 1))
+    assert load_params(path).train.steps == 7
+
+
 @pytest.mark.parametrize("edit,expected", [
     (lambda r: r["train"].update(stpes=10), r"train: unknown key\(s\) \['stpes'\]; allowed keys: \[.*'steps'"),
     (lambda r: r["train"].update(steps="many"), r"train.steps: Input should be a valid integer"),

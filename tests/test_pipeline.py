@@ -168,14 +168,19 @@ def test_every_stage_lists_as_deps_the_kwyn_modules_its_notebook_runs(repo, tmp_
     (repo / "params.yaml").write_text(yaml.safe_dump(grid_params(), sort_keys=False))
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     params = read_yaml(repo / "params.yaml")
+    # a stage that depends on a fingerprint file depends on what its sources stage lists (kwyn/sources.py)
+    fingerprinted = {stage["outs"][0]: stage["deps"] for stage in stages.values()
+                     if stage.get("cmd", "").startswith("python -m kwyn.sources")}
     missing, checked = {}, set()
     for name, stage in stages.items():
         body = stage.get("do", stage)
+        if body["cmd"].startswith("python -m kwyn.sources"):
+            continue
         notebook = re.search(r"(notebooks/\S+\.ipynb)", body["cmd"]).group(1)
         parameter = re.search(r"-p (\w+) \$\{key\}", body["cmd"])
         section = stage.get("foreach", "").strip("${}")
         keys = list(params.get(section) or {}) if parameter else [None]
-        deps = [d for d in body["deps"] if "${" not in d]
+        deps = [m for d in body["deps"] if "${" not in d for m in fingerprinted.get(d, [d])]
         for key in keys:
             checked.add(f"{name}@{key}" if key else name)
             loaded = _kwyn_files_loaded(repo, notebook, parameter and parameter.group(1), key)
@@ -184,6 +189,27 @@ def test_every_stage_lists_as_deps_the_kwyn_modules_its_notebook_runs(repo, tmp_
                 missing[f"{name}@{key}" if key else name] = uncovered
     assert not missing, f"dvc.yaml stages run kwyn modules they do not list as deps: {missing}"
     assert {"train_scratch@tiny_scratch", "trim_scratch@tiny_scratch"} <= checked, checked
+    assert {"fingerprints/train.json", "fingerprints/trim.json"} <= set(fingerprinted), fingerprinted
+
+
+@pytest.mark.slow
+def test_a_module_change_reruns_the_stages_that_run_it_and_only_those(repo, tmp_path):
+    """Through the fingerprints: a trim-only module reruns the trim stages, not training; a module no stage
+    notebook runs reruns nothing but the fingerprint stages, which stop DVC there."""
+    repo = Path(shutil.copytree(repo, tmp_path / "repo", symlinks=True))
+    (repo / "params.yaml").write_text(yaml.safe_dump(grid_params(), sort_keys=False))
+    run(["dvc", "repro"], repo)
+
+    def rerun_after_appending(module: str) -> set[str]:
+        with open(repo / module, "a") as f:
+            f.write("\n# changed\n")
+        out = run(["dvc", "repro"], repo).stdout  # not --dry: that cannot know whether a fingerprint changes
+        return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+    assert rerun_after_appending("kwyn/report.py") == {"report"}
+    trim_only = rerun_after_appending("kwyn/profile.py")
+    assert "sources_trim" in trim_only and "trim@tiny_kwyn" in trim_only and "trim_scratch@tiny_scratch" in trim_only
+    assert not any(s.startswith(("train", "sources_train")) for s in trim_only), trim_only
 
 
 @pytest.mark.slow

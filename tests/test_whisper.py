@@ -197,3 +197,22 @@ def test_speech_is_deterministic_and_resampled():
     assert any("en-us" in v["languages"] for v in speech.list_voices())
     with pytest.raises(ValueError, match="no voice"):
         speech.synthesize("left", voice="xx-nonexistent")
+
+
+def test_each_thread_speaks_through_its_own_helper_and_a_dead_one_is_replaced():
+    """Utterances come from a helper process (kwyn.speech.Speaker); threads do not share one, and the
+    samples do not depend on which helper spoke them or on what it spoke before."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = speech.synthesize("left")
+    with ThreadPoolExecutor(2) as pool:
+        outputs = list(pool.map(lambda text: speech.synthesize(text), ["up", "left", "down", "left"]))
+    assert np.array_equal(outputs[1], first) and np.array_equal(outputs[3], first)
+    helper = speech._speaker()
+    helper._process.kill()
+    helper._process.wait()
+    with pytest.raises(RuntimeError, match="helper process exited"):
+        helper.speak("left", "en-us", 160, 50)
+    assert np.array_equal(speech.synthesize("left"), first)  # a new helper for this thread
+    speech.close_speakers()
+    assert helper._process.poll() is not None and not speech._started

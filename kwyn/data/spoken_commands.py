@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -148,14 +149,15 @@ def _clip(speech: np.ndarray, n_samples: int, noise_db: float, rng: np.random.Ge
 def render_spoken_commands(out_dir, *, seed: int = 0, words=CORE_WORDS, voices=None, rates=(140, 170, 200),
                            pitches=(35, 50, 65), noise_db=(-30, -20), sample_rate: int = 16000,
                            clip_seconds: float = 1.0, split_by: str = "voice", split_per_voice=None,
-                           split_per_utterance=None) -> dict:
+                           split_per_utterance=None, workers: int = 1) -> dict:
     """Render every word x voice x rate x pitch into out_dir (layout in the module docstring); return a summary.
 
     noise_db: each clip gets white noise at one of these levels (dB relative to the speech RMS),
     drawn per clip. split_by="voice": whole voices per split, split_per_voice of them per
     (train, valid, test), default about 4:1:1. split_by="utterance": every voice in every split,
     split_per_utterance its clips' shares per (train, valid, test), default 0.6/0.2/0.2.
-    Same arguments -> byte-identical files.
+    workers: clips rendered at once (threads, each with its own espeak-ng helper process).
+    Same arguments -> byte-identical files, whatever `workers`.
     """
     voices = list(DEFAULT_VOICES if voices is None else voices)
     words = list(words)
@@ -177,22 +179,32 @@ def render_spoken_commands(out_dir, *, seed: int = 0, words=CORE_WORDS, voices=N
         lists = split_utterances(clips_of_voice, split_per_utterance or DEFAULT_SPLIT_PER_UTTERANCE, seed)
     n_samples = round(clip_seconds * sample_rate)
 
+    from kwyn.speech import close_speakers
+
     out_dir = Path(out_dir)
-    with atomic_path(out_dir) as tmp, tqdm(total=len(words) * len(voices) * len(combos), desc="speak",
-                                           unit="clip") as bar:
+    clips = [(voice, word, n, rate, pitch) for voice in voices for word in words
+             for n, (rate, pitch) in enumerate(combos)]
+    with atomic_path(out_dir) as tmp, tqdm(total=len(clips), desc="speak", unit="clip") as bar:
         for word in words:
             (tmp / word).mkdir(parents=True)
-        for voice in voices:
-            for word in words:
-                for n, (rate, pitch) in enumerate(combos):
+
+        def render(voice, word, n, rate, pitch):
+            # a generator per clip, keyed by its content: other clips, and the order they are rendered in,
+            # do not shift its noise (so `workers` threads, each with its own espeak helper, give the same files)
+            key = zlib.crc32(f"{voice}|{word}|{rate}|{pitch}".encode())
+            rng = np.random.default_rng([seed, key])
+            level = noise_db[rng.integers(len(noise_db))]
+            x = _clip(_speak(word, voice, rate, pitch, sample_rate), n_samples, level, rng)
+            sf.write(tmp / f"{word}/{voice_id(voice)}_nohash_{n}.wav", to_pcm16(x), sample_rate,
+                     subtype="PCM_16", format="WAV")
+
+        try:
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                for done in as_completed([pool.submit(render, *clip) for clip in clips]):
+                    done.result()
                     bar.update()
-                    # a generator per clip, keyed by its content: other words/voices do not shift its noise
-                    key = zlib.crc32(f"{voice}|{word}|{rate}|{pitch}".encode())
-                    rng = np.random.default_rng([seed, key])
-                    level = noise_db[rng.integers(len(noise_db))]
-                    x = _clip(_speak(word, voice, rate, pitch, sample_rate), n_samples, level, rng)
-                    rel = f"{word}/{voice_id(voice)}_nohash_{n}.wav"
-                    sf.write(tmp / rel, to_pcm16(x), sample_rate, subtype="PCM_16", format="WAV")
+        finally:
+            close_speakers()
         for split, name in LIST_FILES.items():
             (tmp / name).write_text("".join(f"{rel}\n" for rel in lists[split]))
         summary = {"seed": seed, "sample_rate": sample_rate, "clip_seconds": clip_seconds, "words": words,
