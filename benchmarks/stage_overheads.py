@@ -9,6 +9,7 @@
                       papermill's nbclient engine and with `--engine kwyn` (kwyn/papermill_engine.py)
   ratio_update_ms     one RatioControl update (bisection to the target ratio), counting parameters
                       exactly with a meta-device model per probe and with Backbone.trimmed_param_counter
+  lock_lines          the length of the lock measured below (--lock; default this repo's dvc.lock)
   lock_parse_s        parsing this repo's dvc.lock as DVC does (ruamel safe), pure Python and with
                       ruamel.yaml.clib's C parser
   lock_rewrite_s      what DVC does to dvc.lock after every stage it runs: parse it for update (ruamel's
@@ -91,17 +92,17 @@ def ratio_update_ms(backbone_name: str, repeats: int) -> dict:
     return result
 
 
-def lock_parse_seconds(pure: bool, repeats: int) -> float:
+def lock_parse_seconds(lock: Path, pure: bool, repeats: int) -> float:
     from ruamel.yaml import YAML
 
-    text = (ROOT / "dvc.lock").read_text()
+    text = lock.read_text()
     return median_step(lambda: YAML(typ="safe", pure=pure).load(text), repeats, 0, torch.device("cpu"))
 
 
-def lock_rewrite_seconds(repeats: int) -> float:
+def lock_rewrite_seconds(lock: Path, repeats: int) -> float:
     from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
 
-    text = (ROOT / "dvc.lock").read_text()
+    text = lock.read_text()
     return median_step(lambda: dumps_yaml(parse_yaml_for_update(text, "dvc.lock")), repeats, 0, torch.device("cpu"))
 
 
@@ -110,6 +111,7 @@ def main(argv=None):
     parser.add_argument("--json", required=True)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lock", type=Path, default=ROOT / "dvc.lock", help="the dvc.lock to parse and rewrite")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -121,9 +123,10 @@ def main(argv=None):
         "kernel_stop_s": {e: round(kernel_stop_seconds(e, args.repeats), 2) for e in ("nbclient", "kwyn")},
         "ratio_update_ms": {b: {k: round(v, 1) for k, v in ratio_update_ms(b, args.repeats).items()}
                             for b in ("crepe-full", "whisper-tiny-encoder")},
-        "lock_parse_s": {"pure_python": round(lock_parse_seconds(True, args.repeats), 3),
-                         "c_parser": round(lock_parse_seconds(False, args.repeats), 3)},
-        "lock_rewrite_s": round(lock_rewrite_seconds(args.repeats), 3),
+        "lock_lines": len(args.lock.read_text().splitlines()),
+        "lock_parse_s": {"pure_python": round(lock_parse_seconds(args.lock, True, args.repeats), 3),
+                         "c_parser": round(lock_parse_seconds(args.lock, False, args.repeats), 3)},
+        "lock_rewrite_s": round(lock_rewrite_seconds(args.lock, args.repeats), 3),
     }
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=2))

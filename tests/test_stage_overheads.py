@@ -19,3 +19,4 @@ def test_stage_overheads_measures_every_item(tmp_path):
     numbers = [result["papermill_start_s"], *result["import_s"].values(), *result["kernel_stop_s"].values(),
                *result["lock_parse_s"].values(), result["lock_rewrite_s"], *(t for v in result["ratio_update_ms"].values() for t in v.values())]
     assert all(x > 0 for x in numbers)
+    assert result["lock_lines"] == len((ROOT / "dvc.lock").read_text().splitlines())
