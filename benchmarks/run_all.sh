@@ -49,6 +49,7 @@ for spec in "wav2vec2-base 4 10" "clap-cnn14 4 10" "crepe-full 0.064 30"; do
   python benchmarks/op_profile.py --backbone $1 --input-seconds $2 --ratio 0.75 --multiple-of 16 --threads 1 --repeats $3 --runtime onnxruntime --json $out/op_profile_$1_ort.json
 done
 python benchmarks/ort_layout.py --backbones clap-cnn14 crepe-full wav2vec2-base musicfm --json $out/ort_layout.json --report $out/ort_layout.md
+python benchmarks/ort_layernorm.py --json $out/ort_layernorm.json
 # where wav2vec2-base's time goes at 75 % removed (speed-up / FLOPs ratio 0.80)
 python benchmarks/op_profile.py --backbone wav2vec2-base --input-seconds 4 --ratio 0.75 --multiple-of 8 --json $out/op_profile_wav2vec2-base.json
 # after `make repro`: the grid's own models as int8, and which node int8 breaks
