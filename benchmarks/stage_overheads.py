@@ -9,11 +9,16 @@
                       papermill's nbclient engine and with `--engine kwyn` (kwyn/papermill_engine.py)
   ratio_update_ms     one RatioControl update (bisection to the target ratio), counting parameters
                       exactly with a meta-device model per probe and with Backbone.trimmed_param_counter
+  params_parse_s      kwyn.params.read_yaml of this repo's params.yaml (pure-Python YAML 1.2, as DVC reads it): what
+                      a load_params costs without its per-text cache (kwyn.params._parsed_yaml)
   lock_lines          the length of the lock measured below (--lock; default this repo's dvc.lock)
   lock_parse_s        parsing this repo's dvc.lock as DVC does (ruamel safe), pure Python and with
                       ruamel.yaml.clib's C parser
   lock_rewrite_s      what DVC does to dvc.lock after every stage it runs: parse it for update (ruamel's
                       round-trip loader, pure Python) and dump it again (dvc.utils.serialize)
+  lock_rewrite_compared  with --compare-locks OTHER...: lines and lock_rewrite_s of each other lock, measured
+                      in this run after the lock above, e.g. an earlier commit's lock:
+                      git show f83faef:dvc.lock > /tmp/old.lock; ... --compare-locks /tmp/old.lock
 
 Medians over --repeats.
 
@@ -38,6 +43,7 @@ from train_step import median_step  # benchmarks/ is on sys.path when this runs 
 from kwyn.backbones import load_backbone
 from kwyn.io import write_json
 from kwyn.masks import MaskSet, RatioControl
+from kwyn.params import read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,6 +118,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lock", type=Path, default=ROOT / "dvc.lock", help="the dvc.lock to parse and rewrite")
+    parser.add_argument("--compare-locks", type=Path, nargs="*", default=[], help="other locks to rewrite in this run")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -123,11 +130,17 @@ def main(argv=None):
         "kernel_stop_s": {e: round(kernel_stop_seconds(e, args.repeats), 2) for e in ("nbclient", "kwyn")},
         "ratio_update_ms": {b: {k: round(v, 1) for k, v in ratio_update_ms(b, args.repeats).items()}
                             for b in ("crepe-full", "whisper-tiny-encoder")},
+        "params_parse_s": round(median_step(lambda: read_yaml((ROOT / "params.yaml").read_text()), args.repeats, 0,
+                                            torch.device("cpu")), 3),
         "lock_lines": len(args.lock.read_text().splitlines()),
         "lock_parse_s": {"pure_python": round(lock_parse_seconds(args.lock, True, args.repeats), 3),
                          "c_parser": round(lock_parse_seconds(args.lock, False, args.repeats), 3)},
         "lock_rewrite_s": round(lock_rewrite_seconds(args.lock, args.repeats), 3),
     }
+    if args.compare_locks:
+        result["lock_rewrite_compared"] = [{"lock": str(lock), "lines": len(lock.read_text().splitlines()),
+                                            "rewrite_s": round(lock_rewrite_seconds(lock, args.repeats), 3)}
+                                           for lock in args.compare_locks]
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=2))
     write_json(args.json, result)

@@ -176,26 +176,43 @@ def _set_metadata(path: Path, values: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def onnx_session(path: str | Path, threads: int = 1, **options):
+UNFUSED = "SkipLayerNormFusion"  # the ONNX Runtime graph optimiser that onnx_session turns off (see there)
+
+
+def onnx_session(path: str | Path, threads: int = 1, unfused: str = UNFUSED, **options):
     """An ONNX Runtime CPU session with a fixed thread count (as kwyn.profile measures PyTorch); `options`: other
-    ort.SessionOptions attributes (enable_profiling, optimized_model_filepath, ...)."""
+    ort.SessionOptions attributes (enable_profiling, optimized_model_filepath, ...).
+
+    `unfused`: the ONNX Runtime graph optimisers turned off (comma-separated; "" for ONNX Runtime's defaults).
+    ONNX Runtime fuses a residual add and the layer norm after it into SkipLayerNormalization, whose CPU kernel
+    runs 26 layer norms of 199 x 768 in 19.6 ms where the unfused Add + LayerNormalization take 3.25 ms
+    (onnxruntime 1.32, 1 thread, AVX-512; benchmarks/ort_layernorm.py): on Wav2Vec2 that was 19 % of a
+    75 %-trimmed model's time.
+    """
     import onnxruntime as ort
 
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = threads
     session_options.inter_op_num_threads = 1
     session_options.log_severity_level = 3  # errors only
-    # ONNX Runtime fuses a residual add and the layer norm after it into SkipLayerNormalization, whose CPU
-    # kernel runs 26 layer norms of 199 x 768 in 19.9 ms where the unfused Add + LayerNormalization take
-    # 3.1 ms (onnxruntime 1.32, 1 thread, AVX-512; benchmarks/ort_layernorm.py): on Wav2Vec2 that fixed
-    # cost was 19 % of a 75 %-trimmed model's time
-    session_options.add_session_config_entry("optimization.disable_specified_optimizers", UNFUSED)
+    if unfused:
+        session_options.add_session_config_entry("optimization.disable_specified_optimizers", unfused)
     for name, value in options.items():
         setattr(session_options, name, value)
     return ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
 
 
-UNFUSED = "SkipLayerNormFusion"  # ONNX Runtime graph optimisers that onnx_session turns off (see there)
+def optimized_nodes(path: str | Path, **session_args) -> list:
+    """The nodes of the graph ONNX Runtime runs for the model at `path` (after its graph optimisations), for a
+    session made by onnx_session(path, **session_args)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        onnx_session(path, optimized_model_filepath=str(optimized), **session_args)
+        return list(onnx.load(str(optimized), load_external_data=False).graph.node)
+
+
 NCHWC = "com.microsoft.nchwc"  # the domain of ONNX Runtime's blocked-layout operators
 
 
@@ -210,12 +227,7 @@ def conv_layout(path: str | Path) -> dict[str, int]:
 
         conv_layout("models/x.onnx")   # {"convs": 14, "blocked": 12, "reorders": 1}
     """
-    import onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        onnx_session(path, optimized_model_filepath=str(optimized))
-        nodes = onnx.load(str(optimized)).graph.node
+    nodes = optimized_nodes(path)
     convs = [n for n in nodes if n.op_type in ("Conv", "FusedConv")]
     return {"convs": len(convs), "blocked": sum(n.domain == NCHWC for n in convs),
             "reorders": sum(n.domain == NCHWC and n.op_type.startswith("Reorder") for n in nodes)}

@@ -3,8 +3,8 @@
 Every train and trim stage runs about 25 kwyn modules, and a change to any of them must rerun it
 (tests/test_pipeline.py checks that none is missing). Listed in each of the grid's 94 train and trim
 stages, they were two thirds of dvc.lock (16,600 lines), and DVC parses and rewrites the whole lock
-with a pure-Python YAML round trip after every stage it runs: 3.0 s a stage for that lock
-(benchmarks/stage_overheads.py, `lock_rewrite_s`). So each group lists its modules once, as the deps
+with a pure-Python YAML round trip after every stage it runs: 3.1 s a stage for that lock, 1.3 s for
+the lock without them (benchmarks/stage_overheads.py --compare-locks). So each group lists its modules once, as the deps
 of a `sources_<group>` stage whose command is this module: it writes `fingerprints/<group>.json`, the
 MD5 of every file those deps hold, and the group's stages depend on that one file. A change to a
 listed module changes the fingerprint and reruns the group; a change elsewhere in kwyn reruns
