@@ -1,7 +1,7 @@
 """Grids: compact experiment grids kept under `grids:` in params.yaml, and switching between them.
 
-dvc.yaml's `foreach` stages iterate over params.yaml's `datasets`, `experiments` and `scratch`
-sections (the ACTIVE grid), and DVC cannot pick a section by a parameter. So a grid is switched by
+dvc.yaml's `foreach` stages iterate over params.yaml's `datasets`, `experiments`, `three_seeds` and
+`scratch` sections (the ACTIVE grid), and DVC cannot pick a section by a parameter. So a grid is switched by
 rewriting those sections (and the `train` keys the grid gives) with the grid's expansion:
 
     python -m kwyn.grid list                 # the grids, with counts; * marks the active one
@@ -15,7 +15,9 @@ and an entry whose value does not change keeps its own lines and comments. The w
 document is validated (kwyn.params.validate) before anything is written.
 
 Experiment names: <short backbone>_<dataset (or task, name_by: task)>_<method>[_<pct>], e.g.
-cnn14_esc50_kwyn_50; scratch entries <...>_scratch_<pct> with `from: <...>_kwyn_<pct>`.
+cnn14_esc50_kwyn_50; scratch entries <...>_scratch_<pct> with `from: <...>_kwyn_<pct>`. A
+configuration run with seeds 0, 1 and 2 is one `three_seeds` entry (runs <name>, <name>_seed1,
+<name>_seed2, trained in one stage); any other seed k is an experiment <name>_seed<k>.
 """
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ import yaml
 from pydantic import ValidationError
 
 from kwyn.methods import METHODS
-from kwyn.params import GridSpec, ParamsError, _format, read_yaml, validate
+from kwyn.params import SEEDS, GridSpec, ParamsError, _format, read_yaml, seed_runs, validate
 
-SECTIONS = ("datasets", "experiments", "scratch")  # replaced whole; `train` is updated key by key
+SECTIONS = ("datasets", "experiments", "three_seeds", "scratch")  # replaced whole; `train` is updated key by key
 SHORT_NAMES = {"clap-cnn14": "cnn14", "wav2vec2-base": "w2v2", "musicfm": "musicfm", "crepe-full": "crepe",
                "whisper-tiny-encoder": "whisper"}
 LINE_WIDTH = 120  # an entry longer than this goes on its own line, under its name
@@ -67,11 +69,13 @@ def expand(spec: GridSpec) -> dict:
     datasets = copy.deepcopy(raw.get("datasets") or _dump_all(spec.datasets))
     extras = copy.deepcopy(raw.get("extra_experiments") or _dump_all(spec.extra_experiments))
     experiments: dict = {}
+    three_seeds: dict = {}
     scratch: dict = {}
     skipped: list = []
 
     def add(name: str, entry: dict, where: dict) -> None:
-        if name in experiments or name in scratch or name in extras:
+        taken = [*experiments, *(run for key in three_seeds for run in seed_runs(key)), *scratch, *extras]
+        if any(run in taken for run in (seed_runs(name) if where is three_seeds else [name])):
             raise ParamsError(f"grid: two entries are named {name!r}; set name_by or rename the datasets")
         where[name] = entry
 
@@ -104,9 +108,14 @@ def expand(spec: GridSpec) -> dict:
                         train = _merged(spec.experiment_train.get(backbone), spec.method_train.get(method),
                                         spec.recipe_train.get(recipe))
                         name = "_".join([prefix, method, *([recipe] if recipe else []), *([pct(ratio)] if ratio else [])])
-                        for seed, suffix in _seeds(spec, recipe or method):
-                            add(name + suffix, _with_train(entry, {**train, **seed}, spec.profile.get(backbone)),
-                                experiments)
+                        seeds = _seeds(spec, recipe or method)
+                        if seeds[:len(SEEDS)] == THREE_SEEDS:  # one stage runs the three (params.three_seeds)
+                            add(name, _with_train(entry, train, spec.profile.get(backbone)), three_seeds)
+                            seeds = [(seed, name + suffix) for seed, suffix in seeds[len(SEEDS):]]
+                        else:
+                            seeds = [(seed, name + suffix) for seed, suffix in seeds]
+                        for seed, run in seeds:
+                            add(run, _with_train(entry, {**train, **seed}, spec.profile.get(backbone)), experiments)
             if "scratch" in methods:
                 for ratio in spec.ratios:
                     train = _merged(spec.scratch_train, spec.backbone_scratch_train.get(backbone))
@@ -118,8 +127,16 @@ def expand(spec: GridSpec) -> dict:
                 experiments[name] = entry
     for name, entry in extras.items():
         experiments.setdefault(name, entry)
-    return {"datasets": datasets, "experiments": experiments, "scratch": scratch, "train": _dump(spec.train),
-            "skipped": skipped}
+    return {"datasets": datasets, "experiments": experiments, "three_seeds": three_seeds, "scratch": scratch,
+            "train": _dump(spec.train), "skipped": skipped}
+
+
+def runs(expansion: dict) -> list[str]:
+    """The experiment (run) names of an expansion, as kwyn.params.experiment_names lists them."""
+    return [*(run for name in expansion["three_seeds"] for run in seed_runs(name)), *expansion["experiments"]]
+
+
+THREE_SEEDS = [({}, ""), *(({"seed": seed}, f"_seed{seed}") for seed in SEEDS[1:])]  # what _seeds gives for 0, 1, 2
 
 
 def _seeds(spec: GridSpec, key: str) -> list[tuple[dict, str]]:
@@ -310,7 +327,7 @@ def _replace_scalar(line: str, col: int, value: str) -> str:
 # ---- use / CLI ------------------------------------------------------------------------------------
 
 def use(name: str, params_path=Path("params.yaml")) -> dict:
-    """Make grid `name` the active one: rewrite params.yaml's datasets, experiments and scratch and the
+    """Make grid `name` the active one: rewrite params.yaml's datasets, experiments, three_seeds and scratch and the
     train keys the grid gives. Validated as a whole first; nothing is written when invalid."""
     path = Path(params_path)
     text = path.read_text()
@@ -327,7 +344,7 @@ def use(name: str, params_path=Path("params.yaml")) -> dict:
         raise RuntimeError(f"kwyn.grid: rewriting {path} for grid {name!r} gave another document; nothing written")
     if new_text != text:
         path.write_text(new_text)
-    return {"grid": name, "datasets": len(expansion["datasets"]), "experiments": len(expansion["experiments"]),
+    return {"grid": name, "datasets": len(expansion["datasets"]), "experiments": len(runs(expansion)),
             "scratch": len(expansion["scratch"]), "skipped": expansion["skipped"], "changed": new_text != text}
 
 
@@ -350,13 +367,13 @@ def _cli(argv=None) -> int:
             for name, spec in grids.items():
                 e = expand(spec)
                 mark = "*" if is_active(raw, e) else " "
-                print(f"{mark} {name}: {len(e['datasets'])} datasets, {len(e['experiments'])} experiments, "
+                print(f"{mark} {name}: {len(e['datasets'])} datasets, {len(runs(e))} experiments, "
                       f"{len(e['scratch'])} scratch. {spec.description}")
         elif args.command == "show":
             if args.name not in grids:
                 raise ParamsError(f"unknown grid {args.name!r}; grids in {path}: {', '.join(sorted(grids))}")
             e = expand(grids[args.name])
-            for name, entry in e["experiments"].items():
+            for name in runs(e):
                 print(name)
             for name, entry in e["scratch"].items():
                 print(f"{name}  (from {entry['from']})")

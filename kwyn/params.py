@@ -555,30 +555,64 @@ class GridSpec(_Strict):
         return self
 
 
+SEEDS = (0, 1, 2)  # the train.seed of each run of a `three_seeds` entry
+
+
+def seed_runs(name: str) -> list[str]:
+    """The runs of `three_seeds.<name>`: the first keeps the plain name (as a grid's first seed does)."""
+    return [name, *(f"{name}_seed{seed}" for seed in SEEDS[1:])]
+
+
 class Params(_Strict):
     datasets: dict[str, Dataset]
     train: Train = Train()
     profile: Profile = Profile()
     experiments: dict[str, Experiment]
+    # experiments run with train.seed 0, 1 and 2 (runs <name>, <name>_seed1, <name>_seed2, each with its own
+    # runs/, models/ and metrics/ files), trained in one stage and trimmed in one: one notebook kernel and one
+    # DVC stage for the three instead of three of each (README "Wall time")
+    three_seeds: dict[str, Experiment] = {}
     scratch: dict[str, Scratch] = {}
     grids: dict[str, GridSpec] = {}  # compact grids, switched to by `python -m kwyn.grid use NAME`
+
+    def run_entries(self) -> dict[str, tuple[Experiment, Optional[int]]]:
+        """Every run of `three_seeds` and `experiments`, in that order: name -> (its entry, the train.seed it
+        sets over the entry's, None for none)."""
+        runs: dict = {}
+        for name, exp in self.three_seeds.items():
+            runs.update({run: (exp, seed or None) for run, seed in zip(seed_runs(name), SEEDS)})
+        runs.update({name: (exp, None) for name, exp in self.experiments.items()})
+        return runs
 
     @model_validator(mode="after")
     def _references(self):
         from kwyn.backbones import BACKBONES
 
+        runs = self.run_entries()
         for name, entry in self.scratch.items():
             where = f"scratch.{name}"
             if "." in name or "@" in name:
                 raise ValueError(f"{where}: names may not contain '.' or '@'")
+            if name in runs:
+                raise ValueError(f"{where}: the name is already an experiment; names must be unique")
+            source = runs.get(entry.from_)
+            if source is None or source[0].method != "kwyn":
+                kwyn = sorted(k for k, (e, _) in runs.items() if e.method == "kwyn")
+                raise ValueError(f"{where}.from: {entry.from_!r} is not a kwyn experiment; kwyn experiments: {kwyn}")
+        for name, exp in self.three_seeds.items():
+            where = f"three_seeds.{name}"
+            if exp.train.seed is not None:
+                raise ValueError(f"{where}.train.seed: leave it out; its runs have train.seed {', '.join(map(str, SEEDS))}")
+            if self.train.seed != SEEDS[0]:
+                raise ValueError(f"train.seed {self.train.seed}: the first run of each `three_seeds` entry takes the "
+                                 f"top-level train.seed, which must be {SEEDS[0]} (or move the entries to `experiments`)")
+            for run in seed_runs(name)[1:]:
+                if run in self.experiments:
+                    raise ValueError(f"{where}: its run {run!r} is already an experiment; names must be unique")
             if name in self.experiments:
                 raise ValueError(f"{where}: the name is already an experiment; names must be unique")
-            source = self.experiments.get(entry.from_)
-            if source is None or source.method != "kwyn":
-                kwyn = sorted(k for k, e in self.experiments.items() if e.method == "kwyn")
-                raise ValueError(f"{where}.from: {entry.from_!r} is not a kwyn experiment; kwyn experiments: {kwyn}")
-        for name, exp in self.experiments.items():
-            where = f"experiments.{name}"
+        for where, name, exp in [*((f"experiments.{k}", k, e) for k, e in self.experiments.items()),
+                                 *((f"three_seeds.{k}", k, e) for k, e in self.three_seeds.items())]:
             if "." in name or "@" in name:
                 raise ValueError(f"{where}: experiment names may not contain '.' or '@'")
             if exp.backbone not in BACKBONES:
@@ -655,8 +689,9 @@ def load_params(path: str | Path | None = None) -> Params:
 
 @functools.lru_cache(maxsize=4)
 def _parsed_yaml(text: str):
-    """read_yaml, once per text: pure-Python YAML takes 0.4 s for the grid's params.yaml, and a stage
-    notebook loads it three or four times. Keyed by the text itself, so an edited file is read anew."""
+    """read_yaml, once per text: pure-Python YAML takes a tenth of a second for the grid's params.yaml
+    (benchmarks/stage_overheads.py, params_parse_s), and a stage notebook loads it three or four times.
+    Keyed by the text itself, so an edited file is read anew."""
     return read_yaml(text) or {}
 
 
@@ -686,9 +721,19 @@ class ResolvedExperiment(BaseModel):
 
 
 def experiment_names(params: Params | None = None) -> list[str]:
-    """Every experiment of the grid, scratch entries after the experiments they come from."""
+    """Every run of the grid (`three_seeds` expanded, then `experiments`), scratch entries after the experiments
+    they come from."""
     params = params or load_params()
-    return [*params.experiments, *params.scratch]
+    return [*params.run_entries(), *params.scratch]
+
+
+def stage_runs(name: str, params: Params | None = None) -> list[str]:
+    """The runs one train or trim stage runs: the three of a `three_seeds` entry, else the experiment itself."""
+    params = params or load_params()
+    if name in params.three_seeds:
+        return seed_runs(name)
+    experiment(name, params)  # an unknown name raises, naming the defined ones
+    return [name]
 
 
 def experiment(name: str, params: Params | None = None) -> ResolvedExperiment:
@@ -699,10 +744,11 @@ def experiment(name: str, params: Params | None = None) -> ResolvedExperiment:
         train = params.train.model_copy(update=entry.train.model_dump(exclude_none=True))
         return source.model_copy(update={"name": name, "method": "scratch", "source": entry.from_, "train": train,
                                          "recipe": None})
-    if name not in params.experiments:
+    runs = params.run_entries()
+    if name not in runs:
         raise ParamsError(f"unknown experiment {name!r}; defined: {sorted(experiment_names(params))}")
-    exp = params.experiments[name]
-    overrides = exp.train.model_dump(exclude_none=True)
+    exp, seed = runs[name]
+    overrides = exp.train.model_dump(exclude_none=True) | ({"seed": seed} if seed is not None else {})
     return ResolvedExperiment(
         name=name, backbone=exp.backbone, checkpoint=exp.checkpoint, dataset=exp.dataset,
         dataset_params=params.datasets[exp.dataset], task=exp.task, method=exp.method,

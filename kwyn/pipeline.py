@@ -16,7 +16,7 @@ from pathlib import Path
 
 # each stage imports what it runs inside its function, so that a stage loads only the modules its dvc.yaml
 # stage lists as deps (tests/test_pipeline.py checks it)
-from kwyn.params import ResolvedExperiment, experiment, experiment_names, load_params, project_root  # noqa: F401
+from kwyn.params import ResolvedExperiment, experiment, experiment_names, load_params, project_root, stage_runs  # noqa: F401
 
 
 def root() -> Path:
@@ -45,13 +45,15 @@ def metrics_path(name: str) -> Path:
 
 
 def default_experiment(name: str | None = None) -> str:
-    """`name`, or when None (a notebook opened as it is) the first experiment of params.yaml that learns masks."""
+    """`name`, or when None (a notebook opened as it is) the first entry of params.yaml's `three_seeds` and
+    `experiments` that learns masks: what a train or trim stage is named after (kwyn.params.stage_runs)."""
     if name is not None:
         return name
     from kwyn.methods import METHODS
 
-    experiments = load_params().experiments
-    return next((k for k, e in experiments.items() if METHODS[e.method].learns_masks), next(iter(experiments)))
+    params = load_params()
+    entries = {**params.three_seeds, **params.experiments}
+    return next((k for k, e in entries.items() if METHODS[e.method].learns_masks), next(iter(entries)))
 
 
 def default_dataset(name: str | None = None) -> str:

@@ -1,13 +1,14 @@
 """Run the experiment grid of params.yaml outside `dvc repro`: on a pool of local GPUs, or one
 experiment per SLURM array task (scripts/slurm_grid.sbatch). See docs/scaling.md.
 
-    python scripts/run_grid.py --list                  # names in dependency order: experiments, then scratch
-    python scripts/run_grid.py --list scratch          # one section only
+    python scripts/run_grid.py --list                  # names in dependency order: three_seeds, experiments, scratch
+    python scripts/run_grid.py --list scratch          # one section only (experiments: three_seeds too)
     python scripts/run_grid.py --run crepe_pitch_base  # its stages, here, one after the other
     python scripts/run_grid.py --gpus 0,1,2,3          # every name, one at a time per GPU
     python scripts/run_grid.py --gpus 0,1 --dry-run    # print the commands only
 
-Sections: `experiments:`, then `scratch:` (entries with `from: <kwyn experiment>`, run after it).
+Sections: `three_seeds:` (each name runs its three seeds, <name>, <name>_seed1, <name>_seed2), `experiments:`,
+then `scratch:` (entries with `from: <kwyn experiment>`, run after the name that trains it).
 Commands (--via):
   dvc  (default) the stage commands of dvc.yaml (foreach over the entry's section, in file order),
        with ${key} and ${item.*} filled in: papermill writes the executed notebooks too, so that
@@ -31,7 +32,17 @@ from queue import Queue
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("experiments", "scratch")
+SECTIONS = ("three_seeds", "experiments", "scratch")
+SEEDS = (0, 1, 2)  # kwyn.params.SEEDS, without importing kwyn (and torch) here
+
+
+def seed_runs(name: str) -> list[str]:
+    """The runs of `three_seeds.<name>` (kwyn.params.seed_runs)."""
+    return [name, *(f"{name}_seed{seed}" for seed in SEEDS[1:])]
+
+
+def runs_of(grid: dict[str, dict], name: str) -> list[str]:
+    return seed_runs(name) if name in grid["three_seeds"] else [name]
 
 
 def load_grid(params: Path) -> dict[str, dict]:
@@ -40,18 +51,23 @@ def load_grid(params: Path) -> dict[str, dict]:
     grid = {section: dict(raw.get(section) or {}) for section in SECTIONS}
     for name, entry in grid["scratch"].items():
         source = (entry or {}).get("from")
-        if source not in grid["experiments"]:
+        if dependency(grid, name) is None:
             raise SystemExit(f"scratch.{name}.from: {source!r} is not an experiment of {params}")
     return grid
 
 
 def ordered_names(grid: dict[str, dict], section: str = "all") -> list[str]:
-    sections = SECTIONS if section == "all" else (section,)
+    """Names in dependency order; `experiments` includes the three_seeds entries (what a first SLURM array runs)."""
+    sections = {"all": SECTIONS, "experiments": ("three_seeds", "experiments")}.get(section, (section,))
     return [name for s in sections for name in grid[s]]
 
 
 def dependency(grid: dict[str, dict], name: str) -> str | None:
-    return (grid["scratch"].get(name) or {}).get("from") if name in grid["scratch"] else None
+    """The name whose run a scratch entry starts from: an experiment, or the three_seeds entry that trains it."""
+    if name not in grid["scratch"]:
+        return None
+    source = (grid["scratch"][name] or {}).get("from")
+    return next((n for s in ("three_seeds", "experiments") for n in grid[s] if source in runs_of(grid, n)), None)
 
 
 def _lookup(mapping, dotted: str):
@@ -86,7 +102,8 @@ def dvc_commands(name: str, section: str, entry: dict, dvc_yaml: Path, params: d
 def commands_for(name: str, grid: dict, args) -> list[list[str]]:
     section = next(s for s in SECTIONS if name in grid[s])
     if args.via == "cli":
-        return [[sys.executable, "-m", "kwyn.pipeline", stage, name] for stage in args.stages.split(",")]
+        return [[sys.executable, "-m", "kwyn.pipeline", stage, run] for run in runs_of(grid, name)
+                for stage in args.stages.split(",")]
     params = yaml.safe_load(args.params.read_text())
     return [["bash", "-c", cmd] for cmd in dvc_commands(name, section, grid[section][name] or {}, args.dvc_yaml,
                                                          params)]

@@ -34,6 +34,7 @@ def tiny_params(steps=6, **train) -> dict:
         "tiny_kwyn": {"backbone": "crepe-tiny", "dataset": "notes", "task": "pitch", "method": "kwyn",
                       "sparsity": {"loss": "paper", "t": 0.5, "lambda": 50.0}},
     }
+    raw["three_seeds"] = {}
     raw["scratch"] = {}
     return raw
 

@@ -154,7 +154,7 @@ def test_run_grid_orders_and_pins(tmp_path):
     """scripts/run_grid.py: --list puts scratch entries after the experiments; the GPU pool runs each
     name's dvc.yaml commands with its own CUDA_VISIBLE_DEVICES, a scratch entry after its source."""
     params = {"experiments": {"a_base": {"method": "base", "wait": 0}, "a_kwyn": {"method": "kwyn", "wait": 1.0}},
-              "scratch": {"a_scratch": {"from": "a_kwyn"}}}
+              "scratch": {"a_scratch": {"from": "a_kwyn"}}, "three_seeds": {"b_kwyn": {"method": "kwyn"}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = tmp_path / "order.txt"
     stages = {"stages": {
@@ -166,7 +166,19 @@ def test_run_grid_orders_and_pins(tmp_path):
     script = [sys.executable, str(ROOT / "scripts" / "run_grid.py"), "--params", str(tmp_path / "params.yaml"),
               "--dvc-yaml", str(tmp_path / "dvc.yaml"), "--log-dir", str(tmp_path / "logs")]
     listed = subprocess.run([*script, "--list"], capture_output=True, text=True, check=True).stdout.split()
-    assert listed == ["a_base", "a_kwyn", "a_scratch"]
+    assert listed == ["b_kwyn", "a_base", "a_kwyn", "a_scratch"]
+    # a three_seeds entry is one name: its stage runs the three seeds (via cli: each run's stages, in turn)
+    cli = subprocess.run([*script, "--run", "b_kwyn", "--via", "cli", "--stages", "train", "--dry-run"],
+                         capture_output=True, text=True, check=True).stdout
+    assert [line.split()[-1] for line in cli.splitlines()] == ["b_kwyn", "b_kwyn_seed1", "b_kwyn_seed2"]
+    params["scratch"]["b_scratch"] = {"from": "b_kwyn_seed2"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    listed = subprocess.run([*script, "--list", "scratch"], capture_output=True, text=True, check=True).stdout.split()
+    assert listed == ["a_scratch", "b_scratch"]
+    listed = subprocess.run([*script, "--list", "experiments"], capture_output=True, text=True, check=True).stdout
+    assert listed.split() == ["b_kwyn", "a_base", "a_kwyn"]  # a SLURM array's first section: before any scratch
+    del params["scratch"]["b_scratch"], params["three_seeds"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([*script, "--gpus", "5,6"], check=True, timeout=120, env=child_env())
     lines = log.read_text().split("\n")[:-1]
     assert lines[-1] == "a_scratch a_kwyn"  # waited for a_kwyn (1 s) although a GPU was free before

@@ -229,7 +229,7 @@ def test_selection_before_the_ratio_ramp_ends_is_refused(params_copy):
         recipes={"end": {"refit": 10}}, recipe_sparsity={"end": {"ratio_ramp": 1.0}}))
     params = yaml.safe_load(params_copy.read_text())
     expanded = expand(spec)
-    params.update(datasets=expanded["datasets"], experiments=expanded["experiments"], scratch={})
+    params.update(datasets=expanded["datasets"], experiments=expanded["experiments"], three_seeds={}, scratch={})
     with pytest.raises(ParamsError, match=r"experiments.musicfm_genre_kwyn_end_50: train.select_after 0.5 is before "
                                           r"the end of the ratio ramp \(sparsity.ratio_ramp 1\)"):
         validate(params)

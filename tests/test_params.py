@@ -18,7 +18,7 @@ def broken(edit):
 
 
 def first_kwyn(raw):
-    return next(e for e in raw["experiments"].values() if e["method"] == "kwyn")
+    return next(e for e in [*raw["three_seeds"].values(), *raw["experiments"].values()] if e["method"] == "kwyn")
 
 
 def with_dataset(dataset: dict, task: str | None = None):
@@ -86,7 +86,7 @@ def test_loading_again_sees_every_edit_and_no_callers_changes(tmp_path):
      r"task: unknown task 'genre' for d; known: \['tags'\]"),
     (lambda r: (with_dataset({"kind": "librispeech", "root": "x"}, task="transcript")(r),
                 first_kwyn(r).update(backbone="clap-cnn14")),
-     r"experiments.crepe_pitch_kwyn_50.backbone: 'clap-cnn14' gives no frame sequence .* cannot serve the ASR task"),
+     r"three_seeds.crepe_pitch_kwyn_50.backbone: 'clap-cnn14' gives no frame sequence .* cannot serve the ASR task"),
 ])
 def test_bad_params_name_the_key_and_allowed_values(edit, expected):
     with pytest.raises(ParamsError, match=expected):
@@ -132,7 +132,7 @@ def test_every_kind_validates_with_its_tasks():
 
 def test_experiment_merges_its_train_overrides():
     raw = broken(lambda r: first_kwyn(r).update(train={"steps": 7}))
-    name = next(k for k, e in raw["experiments"].items() if e["method"] == "kwyn")
+    name = next(k for k, e in raw["three_seeds"].items() if e["method"] == "kwyn")
     exp = experiment(name, validate(raw))
     assert exp.train.steps == 7 and exp.train.lr == raw["train"]["lr"]
     with pytest.raises(ParamsError, match="unknown experiment 'nope'"):

@@ -23,10 +23,15 @@ def run(cmd, cwd, check=True):
     return result
 
 
+TRIO = {"backbone": "crepe-tiny", "dataset": "notes", "task": "pitch", "method": "base", "train": {"steps": 4}}
+
+
 def grid_params() -> dict:
-    """The tiny grid with a scratch entry too: the scratch stages wait for their kwyn experiment's model."""
+    """The tiny grid with a scratch entry too (the scratch stages wait for their kwyn experiment's model) and a
+    `three_seeds` entry (one train and one trim stage for its three runs)."""
     params = tiny_params(steps=6)
     params["scratch"] = {"tiny_scratch": {"from": "tiny_kwyn", "train": {"steps": 3}}}
+    params["three_seeds"] = {"tiny_trio": TRIO}
     return params
 
 
@@ -77,6 +82,27 @@ def test_repro_writes_tables_figures_and_executed_notebooks(repo):
     metrics = next(iter(shown.values()))["data"]
     last = (repo / "runs" / "tiny_kwyn" / "history.csv").read_text().splitlines()[-1].split(",")
     assert metrics["live/tiny_kwyn/metrics.json"]["data"]["step"] == int(last[0])
+    # the three_seeds entry: one executed notebook per stage, three runs, three models, three results
+    assert not (repo / "executed" / "02_train_masks" / "tiny_trio_seed1.ipynb").exists()
+    for name, seed in [("tiny_trio", 0), ("tiny_trio_seed1", 1), ("tiny_trio_seed2", 2)]:
+        assert json.loads((repo / "metrics" / f"{name}.json").read_text())["seed"] == seed
+        assert (repo / "models" / name / "model.safetensors").exists()
+        assert f"live/{name}/history.csv" in html
+    assert (repo / "executed" / "03_trim" / "tiny_trio.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_a_run_trained_after_others_in_one_kernel_equals_the_run_trained_alone(repo, tmp_path):
+    """The second run of a three_seeds stage, trained in the kernel that trained the first, against the same
+    experiment given on its own (`experiments`, train.seed 1) and trained in a fresh process."""
+    alone = Path(shutil.copytree(repo, tmp_path / "repo", symlinks=True))
+    params = grid_params()
+    params["experiments"]["tiny_alone"] = {**TRIO, "train": {**TRIO["train"], "seed": 1}}
+    (alone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([sys.executable, "-m", "kwyn.pipeline", "train", "tiny_alone"], alone)
+    together = (repo / "runs" / "tiny_trio_seed1" / "history.csv").read_text()
+    assert (alone / "runs" / "tiny_alone" / "history.csv").read_text() == together
+    assert together != (repo / "runs" / "tiny_trio" / "history.csv").read_text()  # the seed changes the run
 
 
 @pytest.mark.slow
@@ -188,7 +214,8 @@ def test_every_stage_lists_as_deps_the_kwyn_modules_its_notebook_runs(repo, tmp_
             if uncovered:
                 missing[f"{name}@{key}" if key else name] = uncovered
     assert not missing, f"dvc.yaml stages run kwyn modules they do not list as deps: {missing}"
-    assert {"train_scratch@tiny_scratch", "trim_scratch@tiny_scratch"} <= checked, checked
+    assert {"train_scratch@tiny_scratch", "trim_scratch@tiny_scratch", "train_three_seeds@tiny_trio",
+            "trim_three_seeds@tiny_trio"} <= checked, checked
     assert {"fingerprints/train.json", "fingerprints/trim.json"} <= set(fingerprinted), fingerprinted
 
 
