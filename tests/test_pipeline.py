@@ -122,6 +122,18 @@ def test_dvc_exp_run_set_param_runs_one_ablation(repo):
 
 
 @pytest.mark.slow
+def test_dvc_exp_run_set_param_of_a_three_seeds_entry_reruns_its_two_stages(repo):
+    (repo / "params.yaml").write_text(yaml.safe_dump(grid_params(), sort_keys=False))
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=kwyn", "-c", "user.email=kwyn@localhost", "commit", "-qm", "tiny grid"], repo)
+    out = run(["dvc", "exp", "run", "-S", "three_seeds.tiny_trio.train.steps=3"], repo).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train_three_seeds@tiny_trio", "trim_three_seeds@tiny_trio", "report"}, out
+    for name in ("tiny_trio", "tiny_trio_seed1", "tiny_trio_seed2"):
+        assert json.loads((repo / "runs" / name / "summary.json").read_text())["steps"] == 3
+
+
+@pytest.mark.slow
 def test_second_repro_does_nothing_and_one_param_reruns_only_its_stages(repo):
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo).stdout
     params = read_yaml((repo / "params.yaml").read_text())  # as DVC and kwyn read it
