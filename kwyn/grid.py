@@ -111,11 +111,10 @@ def expand(spec: GridSpec) -> dict:
                         seeds = _seeds(spec, recipe or method)
                         if seeds[:len(SEEDS)] == THREE_SEEDS:  # one stage runs the three (params.three_seeds)
                             add(name, _with_train(entry, train, spec.profile.get(backbone)), three_seeds)
-                            seeds = [(seed, name + suffix) for seed, suffix in seeds[len(SEEDS):]]
-                        else:
-                            seeds = [(seed, name + suffix) for seed, suffix in seeds]
-                        for seed, run in seeds:
-                            add(run, _with_train(entry, {**train, **seed}, spec.profile.get(backbone)), experiments)
+                            seeds = seeds[len(SEEDS):]
+                        for seed, suffix in seeds:
+                            add(name + suffix, _with_train(entry, {**train, **seed}, spec.profile.get(backbone)),
+                                experiments)
             if "scratch" in methods:
                 for ratio in spec.ratios:
                     train = _merged(spec.scratch_train, spec.backbone_scratch_train.get(backbone))

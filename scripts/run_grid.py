@@ -31,14 +31,10 @@ from queue import Queue
 
 import yaml
 
+from kwyn.params import seed_runs  # kwyn.params imports no torch
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("three_seeds", "experiments", "scratch")
-SEEDS = (0, 1, 2)  # kwyn.params.SEEDS, without importing kwyn (and torch) here
-
-
-def seed_runs(name: str) -> list[str]:
-    """The runs of `three_seeds.<name>` (kwyn.params.seed_runs)."""
-    return [name, *(f"{name}_seed{seed}" for seed in SEEDS[1:])]
 
 
 def runs_of(grid: dict[str, dict], name: str) -> list[str]:
