@@ -36,7 +36,8 @@ from kwyn.masks import MaskSet, RatioControl, sparsity_loss
 from kwyn.metrics import task_type
 from kwyn.model import TaskModel, predict
 from kwyn.params import ResolvedExperiment
-from kwyn.recipe import EmbeddingCache, Schedule, distillation_loss, gradient_importance, importance_logits, unit_costs
+from kwyn.recipe import (EmbeddingCache, Schedule, Standardized, distillation_loss, gradient_importance,
+                          importance_logits, unit_costs)
 from kwyn.runs import build_encoder
 from kwyn.sites import SiteModulationSet
 
@@ -157,6 +158,7 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
     refit_model = None  # the re-fit's encoder: a physically trimmed copy, built when the re-fit starts
     ramp_twin = None  # the ramp re-fit's (kept units, trimmed copy, cache of the training split), for the re-fit
     refit_cache = None  # with recipe.refit_cache, its embeddings of the training split and the validation clips
+    standardized = None  # with recipe.refit_standardize, the re-fit's coordinates (kwyn.recipe.Standardized)
     val_indices = validation_indices(cfg, len(valid_set))
     key = fingerprint(exp, extra)
 
@@ -180,7 +182,8 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
 
     def snapshot() -> dict:
         kept = modulations.kept_units() if modulations is not None else None
-        return {"head": _state(model.head), "head_config": model.head.config,
+        # a standardised re-fit's head is saved folded back: the head of the paper, reading the raw embedding
+        return {"head": standardized.raw_state(model.head) if standardized is not None else _state(model.head), "head_config": model.head.config,
                 "modulation_kind": modulations.kind if modulations is not None else None,
                 "modulations": _state(modulations), "architecture": architecture,
                 "encoder": _state(model.backbone) if learner.train_encoder else None,
@@ -214,6 +217,12 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
                     train_cache = EmbeddingCache(refit_model, None, train_set, progress=show)
                 refit_cache = {"train": train_cache,
                                "valid": EmbeddingCache(refit_model, None, valid_set, val_indices, progress=show)}
+                if recipe.refit_standardize:
+                    standardized = Standardized.of(train_cache.all())
+                    if not state.get("standardized"):  # a run resumed in its re-fit has a standardised head
+                        standardized.enter(model.head)
+                        _forget_moments(optimizer, model.head)
+                        state["standardized"] = True
         batch_size = (recipe.refit_batch_size or cfg.batch_size) if phase == "refit" else cfg.batch_size
         batch = _draw(sampler, len(train_set), batch_size)
         shard = distributed.shard(batch, runtime)
@@ -226,6 +235,8 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
             elif phase == "refit":
                 if refit_cache is not None:
                     features = refit_cache["train"](shard)
+                    if standardized is not None:
+                        features = standardized.features(features)
                 else:
                     with torch.no_grad():
                         features = refit_model.features(audio, lengths)
@@ -269,7 +280,10 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
             learner.eval()
             with distributed.autocast(runtime), torch.no_grad():
                 if refit_cache is not None:
-                    outputs = refit_model.apply_head(refit_cache["valid"](val_indices)).float().cpu()
+                    features = refit_cache["valid"](val_indices)
+                    if standardized is not None:
+                        features = standardized.features(features)
+                    outputs = refit_model.apply_head(features).float().cpu()
                 else:
                     outputs = predict(refit_model or model, valid_set, 32, val_indices)
             metrics = ttype.score(outputs, valid_set, val_indices)
@@ -309,6 +323,8 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
         if on_step is not None:
             on_step(done)
     learner.eval()
+    if standardized is not None:  # the learner's head as saved: reading the raw embedding
+        model.head.load_state_dict(standardized.raw_state(model.head))
 
     summary = {"experiment": exp.name, "method": exp.method, "task_type": type_name, "metric": ttype.primary,
                "steps": steps, "train_seconds": round(time.perf_counter() - started, 1), "selected": state["best"],
@@ -355,17 +371,31 @@ def _ramp_refit(exp, model: TaskModel, masks: MaskSet, wrapped, optimizer, scale
     kept = masks.kept_units()
     twin = _trimmed_twin(exp, model, masks, architecture, runtime)
     cache = EmbeddingCache(twin, None, train_set, progress=progress)
+    standardized = Standardized.of(cache.all()) if recipe.refit_standardize else None
+    if standardized is not None:
+        standardized.enter(model.head)
+        _forget_moments(optimizer, model.head)
     drawn = torch.Generator().manual_seed(cfg.seed + 5)
     for _ in tqdm(range(recipe.ramp_refit), desc="ramp re-fit", leave=False, disable=not progress):
         shard = distributed.shard(_draw(drawn, len(train_set), recipe.refit_batch_size or cfg.batch_size), runtime)
         targets = to_device(ttype.collate(train_set, shard)[2], runtime.device)
         with distributed.autocast(runtime):
-            loss = ttype.loss(wrapped(None, None, features=cache(shard)), targets)
+            features = cache(shard) if standardized is None else standardized.features(cache(shard))
+            loss = ttype.loss(wrapped(None, None, features=features), targets)
         optimizer.zero_grad(set_to_none=True)  # the masks get no gradient: Adam leaves them as they are
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+    if standardized is not None:  # the masks train on under the head, which reads the raw embedding again
+        model.head.load_state_dict(standardized.raw_state(model.head))
+        _forget_moments(optimizer, model.head)
     return kept, twin, cache
+
+
+def _forget_moments(optimizer, module: nn.Module) -> None:
+    """Drop Adam's moments of `module`'s parameters, estimated in coordinates that a standardisation changed."""
+    for parameter in module.parameters():
+        optimizer.state.pop(parameter, None)
 
 
 def _importance_init(exp, learner: Learner, masks: MaskSet, train_set, ttype, runtime, count) -> None:

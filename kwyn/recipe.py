@@ -16,7 +16,8 @@ An experiment's `recipe` block (kwyn.params.Recipe) adds four remedies, each off
                under a head that fits what they keep;
   refit        the masks freeze after train.steps and the head alone re-fits, for this many steps, to
                what they keep (the encoder runs forward only); with refit_cache, on the trimmed encoder's
-               embeddings of the whole training split, computed once, so that the head can be fit to convergence.
+               embeddings of the whole training split, computed once, so that the head can be fit to convergence;
+               with refit_standardize, in standardised coordinates (Standardized), folded back into the head.
 
 Schedule says which phase each step is in; EmbeddingCache holds an encoder's embeddings of a split's clips
 (the full encoder's, for the warm-up and distillation; the trimmed one's, for a cached re-fit).
@@ -119,10 +120,55 @@ class EmbeddingCache:
             self.table = self._embed()
         return self.table[rows].to(next(self.model.head.parameters()).device)
 
+    def all(self) -> torch.Tensor:
+        """(clips, D) or (clips, frames, D): the embeddings of every cached clip, in index order."""
+        return self(self.clips)
+
     def pooled(self, indices: list[int]) -> torch.Tensor:
         """(len(indices), D): the embeddings the head reads (cached frames averaged over time, as `embed` does)."""
         cached = self(indices)
         return cached.mean(dim=1) if self.frames else cached
+
+
+class Standardized:
+    """The re-fit in standardised coordinates (recipe.refit_standardize), folded back into the paper's head.
+
+    A trimmed encoder's pooled embedding keeps a large offset per dimension (Whisper tiny at 75 % removed: mean
+    |offset| 0.46 against a spread of 0.05), so a head fitted on it by Adam in a few hundred steps is badly
+    conditioned and far from its optimum (benchmarks/results/refit_standardize.md). `enter` rewrites the head's
+    first linear layer to read (x - shift) / scale, the training split's statistics, leaving its function as it
+    was; the re-fit then feeds `features(x)`; `raw_state` folds the scaling back, so what is saved and trimmed
+    is the same MLP reading the raw embedding, with the same outputs.
+
+        standardized = Standardized.of(train_cache.all())
+        standardized.enter(head)                        # head(standardized.features(x)) == old head(x)
+        standardized.raw_state(head)                    # a state_dict of the head reading x itself
+    """
+
+    def __init__(self, shift: torch.Tensor, scale: torch.Tensor):
+        self.shift, self.scale = shift, scale
+
+    @classmethod
+    def of(cls, embeddings: torch.Tensor) -> "Standardized":
+        # a dimension with no spread keeps scale 1: nothing to rescale, and no division by zero
+        scale = embeddings.std(dim=0)
+        return cls(embeddings.mean(dim=0), torch.where(scale > 1e-6, scale, torch.ones_like(scale)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.shift.to(x)) / self.scale.to(x)
+
+    @torch.no_grad()
+    def enter(self, head) -> None:
+        first = head[0]
+        first.bias.add_(first.weight @ self.shift.to(first.weight))
+        first.weight.mul_(self.scale.to(first.weight))
+
+    def raw_state(self, head) -> dict:
+        state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        weight = state["0.weight"] / self.scale.cpu().to(state["0.weight"])
+        state["0.bias"] = state["0.bias"] - weight @ self.shift.cpu().to(weight)
+        state["0.weight"] = weight
+        return state
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

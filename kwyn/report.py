@@ -50,7 +50,7 @@ NAN = float("nan")
 
 def recipe_text(result: dict) -> str:
     """'warm-up 100 distil 1 re-fit 100 mask lr 0.2' (steps, weight, steps; 'ramp re-fit 50', 'cached re-fit
-    300'; 'ramp to the end': sparsity.ratio_ramp 1) for a kwyn run with a recipe (kwyn.recipe), '' for the
+    300', 'cached standardised re-fit 300'; 'ramp to the end': sparsity.ratio_ramp 1) for a kwyn run with a recipe (kwyn.recipe), '' for the
     paper's loop (a recipe with every option off trains exactly as the paper's loop)."""
     recipe = result.get("recipe") or {}
     ramp = result.get("ratio_ramp")
@@ -59,7 +59,8 @@ def recipe_text(result: dict) -> str:
              if recipe.get("distill") else "",
              "ramp to the end" if ramp == 1 else "",
              f"ramp re-fit {recipe['ramp_refit']}" if recipe.get("ramp_refit") else "",
-             f"{'cached ' if recipe.get('refit_cache') else ''}re-fit {recipe['refit']}" if recipe.get("refit") else "",
+             f"{'cached ' if recipe.get('refit_cache') else ''}{'standardised ' if recipe.get('refit_standardize') else ''}"
+             f"re-fit {recipe['refit']}" if recipe.get("refit") else "",
              "importance init" if recipe.get("init", "constant") != "constant" else ""]
     if any(parts) and result.get("mask_lr") is not None:
         parts.append(f"mask lr {result['mask_lr']:g}")

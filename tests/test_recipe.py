@@ -10,8 +10,9 @@ from kwyn.masks import MaskSet
 from kwyn.metrics import task_type
 from kwyn.model import predict, task_model
 from kwyn.params import ParamsError, Recipe, experiment, validate
-from kwyn.recipe import (EmbeddingCache, Schedule, distillation_loss, gradient_importance, importance_logits,
-                         unit_costs)
+from kwyn.heads import MLPHead
+from kwyn.recipe import (EmbeddingCache, Schedule, Standardized, distillation_loss, gradient_importance,
+                         importance_logits, unit_costs)
 from kwyn import loop
 from kwyn.loop import Learner, _trimmed_twin, fit, validation_indices
 from kwyn.runs import frozen_backbone, load_trained
@@ -259,6 +260,117 @@ def test_a_refit_on_the_ramp_refits_units_reuses_its_embeddings_and_changes_noth
     assert sum(seen) == 2 * n_train + n_valid
     assert torch.equal(reused[-1]["head"], again[-1]["head"]) and len(reused) == len(again) == 10
     pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / d / "history.csv") for d in ("reused", "again")))
+
+
+def test_standardized_keeps_the_heads_function_and_folds_back_to_a_head_reading_raw_embeddings():
+    torch.manual_seed(0)
+    embeddings = 0.5 + 0.05 * torch.randn(200, 6)  # offsets ten times the spread, as a trimmed Whisper's
+    embeddings[:, 3] = 0.7  # a dimension with no spread: left unscaled
+    standardized = Standardized.of(embeddings)
+    assert standardized.scale[3] == 1 and torch.allclose(standardized.features(embeddings).mean(0), torch.zeros(6),
+                                                         atol=1e-5)
+    head = MLPHead(6, 3, hidden=8)
+    before = head(embeddings).detach()
+    standardized.enter(head)
+    assert torch.allclose(head(standardized.features(embeddings)), before, atol=1e-5)
+    with torch.no_grad():  # a re-fit step moves the head in the new coordinates
+        head[0].weight.add_(0.1 * torch.randn_like(head[0].weight))
+    refitted = head(standardized.features(embeddings)).detach()
+    raw = MLPHead(6, 3, hidden=8)
+    raw.load_state_dict(standardized.raw_state(head))
+    assert torch.allclose(raw(embeddings), refitted, atol=1e-5)
+    assert not torch.allclose(raw(embeddings), before, atol=1e-3)
+
+
+def test_a_head_fit_on_offset_embeddings_converges_further_standardised():
+    """What refit_standardize claims: the same Adam steps fit a head far better in standardised coordinates."""
+    torch.manual_seed(0)
+    labels = torch.randint(3, (300,))
+    embeddings = 0.5 + 0.05 * torch.randn(300, 8)  # offsets ten times the spread
+    embeddings[:, :3] += 0.2 * torch.nn.functional.one_hot(labels, 3)  # the class, small against the offsets
+    losses = {}
+    for standardize in (False, True):
+        torch.manual_seed(1)
+        head = MLPHead(8, 3, hidden=16)
+        standardized = Standardized.of(embeddings)
+        if standardize:
+            standardized.enter(head)
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+        for _ in range(200):
+            features = standardized.features(embeddings) if standardize else embeddings
+            loss = torch.nn.functional.cross_entropy(head(features), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if standardize:  # judged as saved: folded back, on the raw embeddings
+            head.load_state_dict(standardized.raw_state(head))
+        losses[standardize] = torch.nn.functional.cross_entropy(head(embeddings), labels).item()
+    assert losses[True] < 0.5 * losses[False]
+
+
+def test_refit_standardize_needs_cached_refits():
+    with pytest.raises(ValueError, match="refit_standardize .* with recipe.refit_cache: true"):
+        Recipe(refit=10, refit_standardize=True)  # an uncached re-fit: no training split's statistics
+    with pytest.raises(ValueError, match="refit_standardize"):
+        Recipe(refit_standardize=True)  # no re-fit at all
+    Recipe(ramp_refit=10, refit_standardize=True)  # the ramp re-fit is always cached
+
+
+def test_refit_standardize_in_the_ramp_refit_changes_it_only_and_hands_back_a_raw_head(tmp_path, tiny_data):
+    records = {}
+    for standardize in (False, True):
+        exp = tiny_kwyn({"ramp_refit": 20, "refit_batch_size": 5, "refit_standardize": standardize}, steps=8,
+                        eval_every=4)
+        torch.manual_seed(0)
+        records[standardize] = _fit_recording(exp, tiny_data, tmp_path / str(standardize))
+    plain, record = records[False], records[True]
+    for before in range(3):
+        assert torch.equal(record[before]["head"], plain[before]["head"])
+    assert not torch.equal(record[3]["head"], plain[3]["head"])
+    # the masks train on under the re-fitted head reading raw embeddings: the saved head scores as validated
+    model, _, best = load_trained(exp, tmp_path / "True")
+    valid_set = PreparedDataset(tiny_data, "valid", exp.task)
+    _, ttype = task_type(valid_set, exp.name)
+    indices = validation_indices(exp.train, len(valid_set))
+    assert ttype.score(predict(model, valid_set, 32, indices), valid_set, indices)[ttype.primary] == pytest.approx(
+        best["row"]["val_metric"])
+
+
+STANDARDIZED = {"refit": 6, "refit_cache": True, "refit_batch_size": 5, "refit_standardize": True}
+
+
+def test_refit_standardize_changes_the_refit_only_and_saves_a_head_that_scores_as_validated(tmp_path, tiny_data):
+    runs = {}
+    for name, standardize in (("plain", False), ("standardized", True)):
+        exp = tiny_kwyn({**STANDARDIZED, "refit_standardize": standardize}, ramp=1.0, steps=4, eval_every=3)
+        torch.manual_seed(0)
+        runs[name] = (_fit_recording(exp, tiny_data, tmp_path / name), exp)
+    (plain, _), (record, exp) = runs["plain"], runs["standardized"]
+    for step in range(4):  # the mask training is the same run
+        assert torch.equal(record[step]["logits"], plain[step]["logits"])
+        assert torch.equal(record[step]["head"], plain[step]["head"])
+    assert not torch.equal(record[-1]["head"], plain[-1]["head"])  # the re-fit is not
+    histories = {name: pd.read_csv(tmp_path / name / "history.csv") for name in runs}
+    assert histories["plain"].val_metric.iloc[0] == histories["standardized"].val_metric.iloc[0]
+    # what is saved reads the raw embedding and scores as its validation did, masked and in memory
+    model, _, best = load_trained(exp, tmp_path / "standardized")
+    valid_set = PreparedDataset(tiny_data, "valid", exp.task)
+    _, ttype = task_type(valid_set, exp.name)
+    indices = validation_indices(exp.train, len(valid_set))
+    assert ttype.score(predict(model, valid_set, 32, indices), valid_set, indices)[ttype.primary] == pytest.approx(
+        best["row"]["val_metric"])
+    last = ttype.score(predict(record.learner.eval().model, valid_set, 32, indices), valid_set, indices)
+    assert last[ttype.primary] == pytest.approx(histories["standardized"].val_metric.iloc[-1])
+
+
+def test_a_run_resumed_in_a_standardised_refit_matches_the_uninterrupted_one(tmp_path, tiny_data):
+    exp = tiny_kwyn(STANDARDIZED, ramp=1.0, steps=4, eval_every=3, checkpoint_every=3)
+    train(exp, tiny_data, tmp_path / "straight", progress=False)
+    train_killed_after(8, exp, tiny_data, tmp_path / "interrupted")  # killed in the re-fit, resumed from step 6
+    train(exp, tiny_data, tmp_path / "interrupted", progress=False)
+    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / d / "history.csv") for d in ("straight", "interrupted")))
+    heads = [torch.load(tmp_path / d / "best.pt", weights_only=False)["head"] for d in ("straight", "interrupted")]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
 
 
 def test_distillation_pulls_the_masked_embedding_towards_the_full_one(tmp_path, tiny_data):

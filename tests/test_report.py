@@ -388,4 +388,6 @@ def test_recipe_text_names_each_option_and_the_paper_loop_gets_none():
         "warm-up 100 distil 3 ramp to the end ramp re-fit 200 cached re-fit 300 mask lr 0.2")
     assert report.recipe_text({"recipe": distil, "mask_lr": 0.2, "ratio_ramp": 0.5}) == (
         "warm-up 100 distil 3 ramp re-fit 200 cached re-fit 300 mask lr 0.2")
+    assert report.recipe_text({"recipe": {**distil, "refit_standardize": True}, "mask_lr": 0.2, "ratio_ramp": 1.0}) == (
+        "warm-up 100 distil 3 ramp to the end ramp re-fit 200 cached standardised re-fit 300 mask lr 0.2")
     assert report.recipe_text({"recipe": None, "mask_lr": 0.05, "ratio_ramp": 0.5}) == ""
