@@ -183,7 +183,8 @@ def fit(exp: ResolvedExperiment, learner: Learner, train_set, valid_set, run_dir
     def snapshot() -> dict:
         kept = modulations.kept_units() if modulations is not None else None
         # a standardised re-fit's head is saved folded back: the head of the paper, reading the raw embedding
-        return {"head": standardized.raw_state(model.head) if standardized is not None else _state(model.head), "head_config": model.head.config,
+        head = standardized.raw_state(model.head) if standardized is not None else _state(model.head)
+        return {"head": head, "head_config": model.head.config,
                 "modulation_kind": modulations.kind if modulations is not None else None,
                 "modulations": _state(modulations), "architecture": architecture,
                 "encoder": _state(model.backbone) if learner.train_encoder else None,

@@ -117,6 +117,8 @@ def test_default_voices_exist_and_bad_ones_fail(tmp_path):
     assert len({voice_id(v) for v in DEFAULT_VOICES}) == len(DEFAULT_VOICES) >= 12
     with pytest.raises(ValueError, match="variant"):
         render_spoken_commands(tmp_path, **{**SMALL, "voices": ("en-us+nosuch", *VOICES[1:])})
+    with pytest.raises(ValueError, match="no voice 'en-gb'"):  # a language of voice gmw/en, not a voice
+        _check_voices(("en-gb+m1",))
     with pytest.raises(ValueError, match="split_per_voice"):
         render_spoken_commands(tmp_path, **{**SMALL, "split_per_voice": (3, 1, 1)})
 

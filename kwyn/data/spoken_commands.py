@@ -53,11 +53,14 @@ def _check_voices(voices) -> None:
 
     # espeak silently ignores an unknown "+variant", so check the variant file ourselves
     variants = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
-    languages = {lang for v in list_voices() for lang in v["languages"]}
+    # espeak selects a voice by its file name ("en-us" for gmw/en-US), not by the languages a voice lists
+    # ("en-gb" is a language of gmw/en, and no voice: synthesis would fail after the others had been rendered)
+    names = {v["identifier"].rsplit("/", 1)[-1].lower() for v in list_voices()}
     for voice in voices:
         base, _, variant = voice.partition("+")
-        if base.lower() not in languages:
-            raise ValueError(f"espeak-ng has no language {base!r} (voice {voice!r})")
+        if base.lower() not in names:
+            raise ValueError(f"espeak-ng has no voice {base!r} (voice {voice!r}); the voices are the last part of "
+                             "kwyn.speech.list_voices()'s identifiers, e.g. 'en' for British English")
         if variant and not (variants / variant).is_file():
             raise ValueError(f"espeak-ng has no voice variant {variant!r} (voice {voice!r}); see {variants}")
     ids = [voice_id(v) for v in voices]
