@@ -329,11 +329,15 @@ def test_refit_standardize_in_the_ramp_refit_changes_it_only_and_hands_back_a_ra
     assert not torch.equal(record[3]["head"], plain[3]["head"])
     # the masks train on under the re-fitted head reading raw embeddings: the saved head scores as validated
     model, _, best = load_trained(exp, tmp_path / "True")
-    valid_set = PreparedDataset(tiny_data, "valid", exp.task)
+    assert _validation_score(model, exp, tiny_data) == pytest.approx(best["row"]["val_metric"])
+
+
+def _validation_score(model, exp, data) -> float:
+    """The primary metric of `model` on the validation clips a run of `exp` scores."""
+    valid_set = PreparedDataset(data, "valid", exp.task)
     _, ttype = task_type(valid_set, exp.name)
     indices = validation_indices(exp.train, len(valid_set))
-    assert ttype.score(predict(model, valid_set, 32, indices), valid_set, indices)[ttype.primary] == pytest.approx(
-        best["row"]["val_metric"])
+    return ttype.score(predict(model, valid_set, 32, indices), valid_set, indices)[ttype.primary]
 
 
 STANDARDIZED = {"refit": 6, "refit_cache": True, "refit_batch_size": 5, "refit_standardize": True}
@@ -354,13 +358,9 @@ def test_refit_standardize_changes_the_refit_only_and_saves_a_head_that_scores_a
     assert histories["plain"].val_metric.iloc[0] == histories["standardized"].val_metric.iloc[0]
     # what is saved reads the raw embedding and scores as its validation did, masked and in memory
     model, _, best = load_trained(exp, tmp_path / "standardized")
-    valid_set = PreparedDataset(tiny_data, "valid", exp.task)
-    _, ttype = task_type(valid_set, exp.name)
-    indices = validation_indices(exp.train, len(valid_set))
-    assert ttype.score(predict(model, valid_set, 32, indices), valid_set, indices)[ttype.primary] == pytest.approx(
-        best["row"]["val_metric"])
-    last = ttype.score(predict(record.learner.eval().model, valid_set, 32, indices), valid_set, indices)
-    assert last[ttype.primary] == pytest.approx(histories["standardized"].val_metric.iloc[-1])
+    assert _validation_score(model, exp, tiny_data) == pytest.approx(best["row"]["val_metric"])
+    last = _validation_score(record.learner.eval().model, exp, tiny_data)
+    assert last == pytest.approx(histories["standardized"].val_metric.iloc[-1])
 
 
 def test_a_run_resumed_in_a_standardised_refit_matches_the_uninterrupted_one(tmp_path, tiny_data):
