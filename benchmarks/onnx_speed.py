@@ -10,15 +10,21 @@ ONNX Runtime dynamic quantisation (Linear layers; --int8-ops to add Conv).
 Per model: PyTorch latency, ONNX Runtime fp32 and int8 latency (medians over --repeats after
 --warmup, batch 1, --threads threads; the PyTorch models alternated run by run, then the ONNX
 sessions likewise, all in one process), speed-ups against the full model in the same runtime,
-FLOPs ratio (kwyn.profile), sizes (parameters x 4 bytes; ONNX files on disk).
+FLOPs ratio (kwyn.profile), sizes (parameters x 4 bytes; ONNX files on disk). With --warm-block N,
+PyTorch and ONNX Runtime fp32 are timed a second time warm: each model N runs in a row after an
+untimed one, the models taking turns block by block (kwyn.timing: a model serving requests back to
+back, its weights left in the caches by its own previous run rather than evicted by another model's).
 
     python benchmarks/onnx_speed.py --backbone crepe-full --input-seconds 0.064 --ratios 0.5 0.75 \
         --json benchmarks/results/onnx_speed_crepe-full.json
+    python benchmarks/onnx_speed.py --backbone clap-cnn14 --input-seconds 4 --ratios 0.25 0.5 0.75 --multiple-of 16 \
+        --repeats 20 --warm-block 10 --json benchmarks/results/onnx_speed_warm_x16_clap-cnn14.json
     python benchmarks/onnx_speed.py --report benchmarks/results/onnx_speed.md benchmarks/results/onnx_speed_*.json
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import sys
 import tempfile
@@ -26,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from kwyn import export, profile
+from kwyn import export, profile, timing
 from kwyn.backbones import build_backbone, load_backbone
 from kwyn.heads import MLPHead
 from kwyn.io import write_json
@@ -50,6 +56,19 @@ def models_from_ratios(name: str, ratios: list[float], seed: int, pretrained: bo
     return models
 
 
+@torch.no_grad()
+def torch_warm_ms(models: dict[str, TaskModel], example: torch.Tensor, repeats: int, warmup: int, threads: int,
+                  block: int) -> dict[str, float]:
+    """kwyn.timing.median_ms of the PyTorch models in blocks of `block` runs (kwyn.profile.latency_ms alternates)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return timing.median_ms({key: functools.partial(model, example) for key, model in models.items()},
+                                repeats, warmup, block)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def models_from_dirs(dirs: list[str]) -> dict[str, TaskModel]:
     trimmed = {Path(d).name: load_trimmed(d) for d in dirs}
     first = next(iter(trimmed.values()))
@@ -62,18 +81,28 @@ COLUMNS = [("backbone", "model"), ("removed", "removed"), ("flops_ratio", "FLOPs
            ("torch_speedup", "speed-up PyTorch"), ("ort_speedup", "speed-up ORT"),
            ("ort_int8_speedup", "speed-up ORT int8"), ("ort_vs_torch", "ORT / PyTorch"),
            ("size_mb", "MB (fp32 params)"), ("onnx_mb", "ONNX MB"), ("onnx_int8_mb", "ONNX int8 MB")]
+WARM_COLUMNS = [("torch_warm_ms", "PyTorch warm ms"), ("ort_warm_ms", "ORT warm ms"),
+                ("torch_warm_speedup", "speed-up PyTorch warm"), ("ort_warm_speedup", "speed-up ORT warm")]
+# speed-up / FLOPs ratio (how far a trimmed model's time follows its FLOPs), per runtime and timing
+RATIO_COLUMNS = [("torch_speedup", "PyTorch / FLOPs"), ("ort_speedup", "ORT / FLOPs"),
+                 ("torch_warm_speedup", "PyTorch warm / FLOPs"), ("ort_warm_speedup", "ORT warm / FLOPs")]
 
 
 def report(out: str, json_files: list[str]) -> str:
     """The markdown table of onnx_speed JSON files (one row per model), written to `out`."""
     import json
 
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for path in json_files:
-        for row in json.loads(Path(path).read_text()):
-            cells = [f"{row['backbone']} {row['model']} ({row['input_seconds']:g} s)"]
-            cells += [f"{100 * row['removed']:.1f} %"] + [f"{row[key]:g}" for key, _ in COLUMNS[2:]]
-            lines.append("| " + " | ".join(cells) + " |")
+    rows = [row for path in json_files for row in json.loads(Path(path).read_text())]
+    warm = [c for c in WARM_COLUMNS if any(c[0] in row for row in rows)]
+    ratios = [c for c in RATIO_COLUMNS if any(c[0] in row for row in rows)]
+    titles = [title for _, title in COLUMNS + warm + ratios]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    for row in rows:
+        cells = [f"{row['backbone']} {row['model']} ({row['input_seconds']:g} s)"]
+        cells += [f"{100 * row['removed']:.1f} %"] + [f"{row[key]:g}" for key, _ in COLUMNS[2:]]
+        cells += [f"{row[key]:g}" if key in row else "" for key, _ in warm]
+        cells += [f"{row[key] / row['flops_ratio']:.2f}" if key in row else "" for key, _ in ratios]
+        lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     Path(out).write_text(text)
     return text
@@ -97,6 +126,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrained", action="store_true")
     parser.add_argument("--multiple-of", type=int, default=1, help="conv/FFN widths kept in multiples of this")
+    parser.add_argument("--warm-block", type=int, default=0,
+                        help="also time PyTorch and ONNX Runtime fp32 warm, in blocks of this many runs (0: no)")
     parser.add_argument("--int8-ops", nargs="+", default=list(export.INT8_OPS))
     parser.add_argument("--crepe-conv2d", action="store_true",
                         help="CREPE's (k, 1) convolutions computed (and exported) as torchcrepe's conv2d instead of "
@@ -122,6 +153,10 @@ def main(argv=None):
             sessions[f"{key}/int8"] = export.onnx_session(int8, args.threads)
         torch_ms = profile.latency_ms(models, example, args.repeats, args.warmup, args.threads)
         ort_ms = export.onnx_latency_ms(sessions, example.numpy(), args.repeats, args.warmup)
+        if args.warm_block:
+            torch_warm = torch_warm_ms(models, example, args.repeats, args.warmup, args.threads, args.warm_block)
+            ort_warm = export.onnx_latency_ms({key: sessions[f"{key}/fp32"] for key in models}, example.numpy(),
+                                              args.repeats, args.warmup, args.warm_block)
         int8_diff = {key: export.max_abs_diff_onnx(sessions[f"{key}/int8"], model, example)
                      for key, model in models.items()}
 
@@ -143,10 +178,15 @@ def main(argv=None):
                "ort_vs_torch": round(torch_ms[key] / ort_ms[f"{key}/fp32"], 3),
                "int8_max_abs_diff": round(int8_diff[key], 5), "int8_ops": args.int8_ops,
                "batch": 1, "threads": args.threads, "repeats": args.repeats,
+               **({"warm_block": args.warm_block, "torch_warm_ms": round(torch_warm[key], 3),
+                   "ort_warm_ms": round(ort_warm[key], 3),
+                   "torch_warm_speedup": round(torch_warm["full"] / torch_warm[key], 3),
+                   "ort_warm_speedup": round(ort_warm["full"] / ort_warm[key], 3)} if args.warm_block else {}),
                "machine": platform.processor() or platform.machine()}
         rows.append(row)
         print({k: row[k] for k in ("model", "removed", "flops_ratio", "torch_ms", "ort_ms", "ort_int8_ms",
-                                   "torch_speedup", "ort_speedup", "ort_int8_speedup", "onnx_mb", "onnx_int8_mb")})
+                                   "torch_speedup", "ort_speedup", "ort_int8_speedup", "onnx_mb", "onnx_int8_mb",
+                                   "torch_warm_speedup", "ort_warm_speedup") if k in row})
     write_json(args.json, rows)
 
 

@@ -9,6 +9,12 @@ full and the trimmed model and how much it shrank (full / trimmed), against the 
     python benchmarks/op_profile.py --backbone wav2vec2-base --input-seconds 4 --ratio 0.75 --multiple-of 8 \
         --json benchmarks/results/op_profile_wav2vec2-base.json
 
+In PyTorch, operators are also summed by kind (matrix products, convolutions, attention), each kind's FLOPs
+(torch.utils.flop_counter, attention counted eagerly as kwyn.profile does) next to its time: per kind, how far the
+time shrinks against the FLOPs, and the rate (GFLOP/s) of each kind in either model. A kind whose time shrinks
+with its FLOPs lost no kernel efficiency; where the whole model still falls short of the FLOPs ratio, the kinds
+run at different rates and trimming removed more of the faster kind's FLOPs.
+
 With --runtime onnxruntime, the same for the two models exported (kwyn.export, with benchmarks/onnx_speed.py's MLP
 head) and run by ONNX Runtime: wall time by kwyn.export.onnx_latency_ms, time per operator type from ONNX
 Runtime's own profiler (its node events, op type as the graph optimiser left it: FusedMatMul, nchwc Conv, ...).
@@ -40,6 +46,48 @@ def operator_ms(model, example, repeats: int) -> dict[str, float]:
     return {e.key: e.self_cpu_time_total / 1e3 / repeats for e in prof.key_averages() if e.self_cpu_time_total > 0}
 
 
+# the kind of a profiled operator (torch.profiler's name) and of a counted one (FlopCounterMode's): attention is
+# one SDPA operator when run, and batched products (bmm) when counted eagerly
+KINDS = {"matmul": ("aten::addmm", "aten::mm", "aten.addmm", "aten.mm"),
+         "convolution": ("aten::mkldnn_convolution", "aten::convolution", "aten.convolution"),
+         "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::bmm", "aten.bmm")}
+
+
+def kind_of(operator: str) -> str | None:
+    return next((kind for kind, names in KINDS.items() if operator in names), None)
+
+
+@torch.no_grad()
+def gflops_by_kind(model, example) -> dict[str, float]:
+    """GFLOPs per operator kind of one forward pass (attention eager, as kwyn.profile.flops counts it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with profile.eager_attention(model), counter:
+        model(example)
+    totals: dict[str, float] = {}
+    for op, count in counter.get_flop_counts()["Global"].items():
+        kind = kind_of(str(op)) or "other"
+        totals[kind] = totals.get(kind, 0.0) + count / 1e9
+    return totals
+
+
+def by_kind(ops: dict[str, dict[str, float]], gflops: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """Per kind: time and GFLOPs in the full and the trimmed model, their shrinks and the rates (GFLOP/s)."""
+    rows = {}
+    for kind in KINDS:
+        ms = {name: sum(t for op, t in ops[name].items() if kind_of(op) == kind) for name in ("full", "trimmed")}
+        work = {name: gflops[name].get(kind, 0.0) for name in ("full", "trimmed")}
+        if not (ms["trimmed"] and work["trimmed"]):
+            continue
+        rows[kind] = {"full_ms": ms["full"], "trimmed_ms": ms["trimmed"], "full_gflops": work["full"],
+                      "trimmed_gflops": work["trimmed"], "time_shrink": ms["full"] / ms["trimmed"],
+                      "flops_shrink": work["full"] / work["trimmed"],
+                      "full_gflop_per_s": work["full"] / ms["full"] * 1e3,
+                      "trimmed_gflop_per_s": work["trimmed"] / ms["trimmed"] * 1e3}
+    return rows
+
+
 def onnx_operator_ms(session_path: Path, example, repeats: int, threads: int) -> dict[str, float]:
     """Time per operator type in ONNX Runtime (its profiler's node events), ms per run (mean over `repeats` runs)."""
     import json
@@ -66,6 +114,7 @@ def compare(full, trimmed, example, repeats: int = 10, warmup: int = 3, threads:
             runtime: str = "torch") -> dict:
     """Wall time (medians, the two models alternated) and per-operator time of `full` and `trimmed` on `example`,
     in PyTorch or (runtime "onnxruntime") exported and run by ONNX Runtime."""
+    kinds = None  # per kind: PyTorch only (ONNX Runtime's fused operators mix the kinds)
     if runtime == "onnxruntime":
         import tempfile
 
@@ -84,6 +133,7 @@ def compare(full, trimmed, example, repeats: int = 10, warmup: int = 3, threads:
         with torch.inference_mode():
             walls = profile.latency_ms({"full": full, "trimmed": trimmed}, example, repeats, warmup, threads)
             ops = {name: operator_ms(m, example, repeats) for name, m in (("full", full), ("trimmed", trimmed))}
+        kinds = by_kind(ops, {name: gflops_by_kind(m, example) for name, m in (("full", full), ("trimmed", trimmed))})
     flops = {name: profile.cost(m, example)["gflops"] for name, m in (("full", full), ("trimmed", trimmed))}
     inside = {name: sum(ops[name].values()) for name in ops}
     names = sorted(set(ops["full"]) | set(ops["trimmed"]), key=lambda k: -ops["trimmed"].get(k, 0.0))[:top]
@@ -95,6 +145,7 @@ def compare(full, trimmed, example, repeats: int = 10, warmup: int = 3, threads:
                        "share_of_trimmed": ops["trimmed"].get(k, 0.0) / inside["trimmed"],
                        "shrink": ops["full"].get(k, 0.0) / ops["trimmed"][k] if ops["trimmed"].get(k) else None}
                       for k in names],
+        **({"kinds": kinds} if kinds is not None else {}),
     }
 
 
@@ -127,6 +178,9 @@ def main(argv=None) -> dict:
     for row in result["operators"]:
         print(f"{row['operator']:>48} full {row['full_ms']:8.2f} ms  trimmed {row['trimmed_ms']:7.2f} ms  "
               f"shrink {row['shrink'] or float('nan'):5.2f}")
+    for kind, row in result.get("kinds", {}).items():
+        print(f"{kind:>12}: time shrinks {row['time_shrink']:5.2f}, FLOPs {row['flops_shrink']:5.2f}; "
+              f"GFLOP/s full {row['full_gflop_per_s']:6.1f}, trimmed {row['trimmed_gflop_per_s']:6.1f}")
     return result
 
 

@@ -35,12 +35,17 @@ for spec in "crepe-full 0.064" "wav2vec2-base 4" "clap-cnn14 4" "musicfm 4"; do
   python benchmarks/onnx_speed.py --backbone $1 --input-seconds $2 --ratios 0.25 0.5 0.75 --multiple-of 8 --repeats 20 --json $out/onnx_speed_x8_$1.json
 done
 python benchmarks/onnx_speed.py --report $out/onnx_speed_x8.md $out/onnx_speed_x8_*.json
-# the same in multiples of 16 (ONNX Runtime's conv block on AVX-512), and the layout counts that explain it
-for spec in "crepe-full 0.064" "wav2vec2-base 4" "clap-cnn14 4" "musicfm 4"; do
-  set -- $spec
-  python benchmarks/onnx_speed.py --backbone $1 --input-seconds $2 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 20 --json $out/onnx_speed_x16_$1.json
+# the same in multiples of 16 (ONNX Runtime's conv block on AVX-512), and the layout counts that explain it;
+# timed twice: alternated run by run (cold caches) and warm, each model 10 runs in a row (kwyn.timing)
+# run twice, all four backbones then all four again (README: run 1 above run 2)
+for run in "" _run2; do
+  for spec in "crepe-full 0.064" "clap-cnn14 4" "wav2vec2-base 4" "musicfm 4"; do
+    set -- $spec
+    python benchmarks/onnx_speed.py --backbone $1 --input-seconds $2 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 30 --warm-block 10 --json $out/onnx_speed_x16${run}_$1.json
+  done
 done
-python benchmarks/onnx_speed.py --report $out/onnx_speed_x16.md $out/onnx_speed_x16_*.json
+python benchmarks/onnx_speed.py --report $out/onnx_speed_x16.md $out/onnx_speed_x16_{crepe-full,clap-cnn14,wav2vec2-base,musicfm}.json
+python benchmarks/onnx_speed.py --report $out/onnx_speed_x16_run2.md $out/onnx_speed_x16_run2_*.json
 # CREPE exported with 1-D (kwyn's) and 2-D (torchcrepe's) convolutions, one session
 python benchmarks/onnx_speed.py --backbone crepe-full --input-seconds 0.064 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 20 --json $out/onnx_conv_crepe-full_x16_conv1d.json
 python benchmarks/onnx_speed.py --backbone crepe-full --input-seconds 0.064 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 20 --crepe-conv2d --json $out/onnx_conv_crepe-full_x16_conv2d.json
@@ -52,6 +57,8 @@ python benchmarks/ort_layout.py --backbones clap-cnn14 crepe-full wav2vec2-base 
 python benchmarks/ort_layernorm.py --json $out/ort_layernorm.json
 # where wav2vec2-base's time goes at 75 % removed (speed-up / FLOPs ratio 0.80)
 python benchmarks/op_profile.py --backbone wav2vec2-base --input-seconds 4 --ratio 0.75 --multiple-of 8 --json $out/op_profile_wav2vec2-base.json
+# the same at the ONNX table's settings (multiples of 16, 1 thread), with time and FLOPs per operator kind
+python benchmarks/op_profile.py --backbone wav2vec2-base --input-seconds 4 --ratio 0.75 --multiple-of 16 --threads 1 --json $out/op_profile_wav2vec2-base_x16_1thread.json
 # after `make repro`: the grid's own models as int8, and which node int8 breaks
 python benchmarks/int8_grid.py --experiments crepe_pitch_kwyn_refit_50 crepe_pitch_kwyn_refit_75 crepe_pitch_hardconcrete_75 whisper_word_kwyn_distil_50 whisper_word_kwyn_distil_75 --repeats 20 --json $out/int8_grid.json
 python benchmarks/int8_sensitivity.py --experiment whisper_word_kwyn_distil_75 --split valid --json $out/int8_sensitivity.json

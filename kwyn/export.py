@@ -41,10 +41,9 @@ Linear layers trimmed to no unit stay float (see `quantize_int8`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -52,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kwyn import timing
 from kwyn.io import atomic_path
 from kwyn.model import AsrModel, TaskModel
 
@@ -278,19 +278,13 @@ def file_size_mb(path: str | Path) -> float:
     return Path(path).stat().st_size / 1e6
 
 
-def onnx_latency_ms(sessions: dict, audio: np.ndarray, repeats: int = 30, warmup: int = 5) -> dict[str, float]:
-    """Median wall time per run of each ONNX Runtime session, alternated run by run (as kwyn.profile.latency_ms)."""
+def onnx_latency_ms(sessions: dict, audio: np.ndarray, repeats: int = 30, warmup: int = 5,
+                    block: int = 1) -> dict[str, float]:
+    """Median wall time per run of each ONNX Runtime session, interleaved as kwyn.timing.median_ms: alternated
+    run by run (`block` 1, as kwyn.profile.latency_ms), or warm, in blocks of `block` runs."""
     feed = {INPUT: np.ascontiguousarray(audio, dtype=np.float32)}
-    for _ in range(warmup):
-        for session in sessions.values():
-            session.run(None, feed)
-    times = {name: [] for name in sessions}
-    for _ in range(repeats):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, feed)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    runs = {name: functools.partial(session.run, None, feed) for name, session in sessions.items()}
+    return timing.median_ms(runs, repeats, warmup, block)
 
 
 def onnx_predict(session, dataset, batch_size: int = 32) -> torch.Tensor:

@@ -34,6 +34,16 @@ def test_op_profile_compares_the_operators_of_a_full_and_a_trimmed_model(tmp_pat
     assert sum(r["share_of_trimmed"] for r in rows) <= 1 + 1e-9
     assert result["speedup"] == pytest.approx(result["wall_ms"]["full"] / result["wall_ms"]["trimmed"])
 
+    # per kind: CREPE-tiny's convolutions on one frame, counted by hand (2 x out x in x kernel x output length)
+    widths, kernels, lengths = [128, 16, 16, 16, 32, 64], [512] + [64] * 5, [256, 128, 64, 32, 16, 8]
+    conv_flops = sum(2 * out * inp * k * n for out, inp, k, n in zip(widths, [1] + widths[:-1], kernels, lengths))
+    conv = result["kinds"]["convolution"]
+    assert conv["full_gflops"] == pytest.approx(conv_flops / 1e9)
+    assert conv["flops_shrink"] == pytest.approx(conv["full_gflops"] / conv["trimmed_gflops"]) and conv["flops_shrink"] > 1
+    assert conv["time_shrink"] == pytest.approx(conv["full_ms"] / conv["trimmed_ms"])
+    assert conv["trimmed_gflop_per_s"] == pytest.approx(conv["trimmed_gflops"] / conv["trimmed_ms"] * 1e3)
+    assert result["kinds"]["matmul"]["full_gflops"] == pytest.approx(2 * 4 * 64 * 360 / 1e9)  # the classifier
+
 
 def test_op_profile_refuses_a_ratio_outside_0_1(tmp_path):
     with pytest.raises(SystemExit):
@@ -45,7 +55,7 @@ def test_op_profile_in_onnx_runtime_times_the_exported_models_operators(tmp_path
     out = tmp_path / "ort.json"
     result = op_profile.main(["--backbone", "crepe-tiny", "--input-seconds", "0.064", "--ratio", "0.5",
                               "--threads", "1", "--repeats", "2", "--runtime", "onnxruntime", "--json", str(out)])
-    assert json.loads(out.read_text())["runtime"] == "onnxruntime"
+    assert json.loads(out.read_text())["runtime"] == "onnxruntime" and "kinds" not in result
     rows = result["operators"]
     assert any("Conv" in r["operator"] for r in rows)  # ONNX Runtime's op types, not aten's
     assert not any(r["operator"].startswith("aten::") for r in rows)
