@@ -14,6 +14,8 @@ FLOPs ratio (kwyn.profile), sizes (parameters x 4 bytes; ONNX files on disk). Wi
 PyTorch and ONNX Runtime fp32 are timed a second time warm: each model N runs in a row after an
 untimed one, the models taking turns block by block (kwyn.timing: a model serving requests back to
 back, its weights left in the caches by its own previous run rather than evicted by another model's).
+With --torch-linear onednn, the PyTorch models run their Linear layers on oneDNN instead of PyTorch's
+default BLAS (an experiment: README "Export"); FLOPs, exports and ONNX Runtime are unchanged.
 
     python benchmarks/onnx_speed.py --backbone crepe-full --input-seconds 0.064 --ratios 0.5 0.75 \
         --json benchmarks/results/onnx_speed_crepe-full.json
@@ -24,6 +26,7 @@ back, its weights left in the caches by its own previous run rather than evicted
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import platform
 import sys
@@ -54,6 +57,20 @@ def models_from_ratios(name: str, ratios: list[float], seed: int, pretrained: bo
         trimmed = trim_model(load_backbone(name, pretrained=pretrained), keep_for_ratio(full, ratio, seed, multiple_of))
         models[f"{ratio:g}"] = with_head(trimmed)
     return models
+
+
+def onednn_linears(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with every Linear layer that has units run by oneDNN (torch.utils.mkldnn.MkldnnLinear, the same fp32
+    product) instead of PyTorch's default BLAS, MKL, whose fp32 GEMM runs at about half oneDNN's rate on this AMD
+    CPU. A Linear trimmed to no unit stays: oneDNN has no empty inner product. The model is changed in place."""
+    from torch.utils.mkldnn import MkldnnLinear
+
+    for name, child in model.named_children():
+        if isinstance(child, torch.nn.Linear) and child.in_features and child.out_features:
+            setattr(model, name, MkldnnLinear(child, torch.float))
+        else:
+            onednn_linears(child)
+    return model
 
 
 @torch.no_grad()
@@ -128,6 +145,8 @@ def main(argv=None):
     parser.add_argument("--multiple-of", type=int, default=1, help="conv/FFN widths kept in multiples of this")
     parser.add_argument("--warm-block", type=int, default=0,
                         help="also time PyTorch and ONNX Runtime fp32 warm, in blocks of this many runs (0: no)")
+    parser.add_argument("--torch-linear", choices=["default", "onednn"], default="default",
+                        help="the PyTorch models' Linear layers on PyTorch's default BLAS or on oneDNN")
     parser.add_argument("--int8-ops", nargs="+", default=list(export.INT8_OPS))
     parser.add_argument("--crepe-conv2d", action="store_true",
                         help="CREPE's (k, 1) convolutions computed (and exported) as torchcrepe's conv2d instead of "
@@ -151,10 +170,17 @@ def main(argv=None):
             files[key] = {"fp32": export.file_size_mb(fp32), "int8": export.file_size_mb(int8)}
             sessions[f"{key}/fp32"] = export.onnx_session(fp32, args.threads)
             sessions[f"{key}/int8"] = export.onnx_session(int8, args.threads)
-        torch_ms = profile.latency_ms(models, example, args.repeats, args.warmup, args.threads)
+        timed = models
+        if args.torch_linear == "onednn":
+            timed = {key: onednn_linears(copy.deepcopy(model)) for key, model in models.items()}
+            with torch.no_grad():
+                gap = max((timed[key](example) - model(example)).abs().max().item() for key, model in models.items())
+            if gap > export.ATOL:
+                raise RuntimeError(f"oneDNN Linear layers changed the outputs by {gap:.2e} (> {export.ATOL})")
+        torch_ms = profile.latency_ms(timed, example, args.repeats, args.warmup, args.threads)
         ort_ms = export.onnx_latency_ms(sessions, example.numpy(), args.repeats, args.warmup)
         if args.warm_block:
-            torch_warm = torch_warm_ms(models, example, args.repeats, args.warmup, args.threads, args.warm_block)
+            torch_warm = torch_warm_ms(timed, example, args.repeats, args.warmup, args.threads, args.warm_block)
             ort_warm = export.onnx_latency_ms({key: sessions[f"{key}/fp32"] for key in models}, example.numpy(),
                                               args.repeats, args.warmup, args.warm_block)
         int8_diff = {key: export.max_abs_diff_onnx(sessions[f"{key}/int8"], model, example)
@@ -177,7 +203,7 @@ def main(argv=None):
                "ort_int8_speedup": round(ort_ms["full/fp32"] / ort_ms[f"{key}/int8"], 3),
                "ort_vs_torch": round(torch_ms[key] / ort_ms[f"{key}/fp32"], 3),
                "int8_max_abs_diff": round(int8_diff[key], 5), "int8_ops": args.int8_ops,
-               "batch": 1, "threads": args.threads, "repeats": args.repeats,
+               "batch": 1, "threads": args.threads, "repeats": args.repeats, "torch_linear": args.torch_linear,
                **({"warm_block": args.warm_block, "torch_warm_ms": round(torch_warm[key], 3),
                    "ort_warm_ms": round(ort_warm[key], 3),
                    "torch_warm_speedup": round(torch_warm["full"] / torch_warm[key], 3),

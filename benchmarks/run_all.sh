@@ -46,10 +46,19 @@ for run in "" _run2; do
 done
 python benchmarks/onnx_speed.py --report $out/onnx_speed_x16.md $out/onnx_speed_x16_{crepe-full,clap-cnn14,wav2vec2-base,musicfm}.json
 python benchmarks/onnx_speed.py --report $out/onnx_speed_x16_run2.md $out/onnx_speed_x16_run2_*.json
+# Whisper's encoder at 4 s (as the others) and 1 s (the grid's clips); not in the two reports above
+python benchmarks/onnx_speed.py --backbone whisper-tiny-encoder --input-seconds 4 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 30 --warm-block 10 --json $out/onnx_speed_x16_whisper-tiny-encoder.json
+python benchmarks/onnx_speed.py --backbone whisper-tiny-encoder --input-seconds 1 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 30 --warm-block 10 --json $out/onnx_speed_x16_whisper-tiny-encoder_1s.json
+# PyTorch with its Linear layers on oneDNN instead of MKL (an experiment)
+for spec in "wav2vec2-base 4" "crepe-full 0.064" "clap-cnn14 4" "musicfm 4"; do
+  set -- $spec
+  python benchmarks/onnx_speed.py --backbone $1 --input-seconds $2 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 30 --warm-block 10 --torch-linear onednn --json $out/onnx_speed_x16_onednn_$1.json
+done
+python benchmarks/onnx_speed.py --report $out/onnx_speed_x16_onednn.md $out/onnx_speed_x16_onednn_*.json
 # CREPE exported with 1-D (kwyn's) and 2-D (torchcrepe's) convolutions, one session
 python benchmarks/onnx_speed.py --backbone crepe-full --input-seconds 0.064 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 20 --json $out/onnx_conv_crepe-full_x16_conv1d.json
 python benchmarks/onnx_speed.py --backbone crepe-full --input-seconds 0.064 --ratios 0.25 0.5 0.75 --multiple-of 16 --repeats 20 --crepe-conv2d --json $out/onnx_conv_crepe-full_x16_conv2d.json
-for spec in "wav2vec2-base 4 10" "clap-cnn14 4 10" "crepe-full 0.064 30"; do
+for spec in "wav2vec2-base 4 10" "clap-cnn14 4 10" "crepe-full 0.064 30" "whisper-tiny-encoder 4 30"; do
   set -- $spec
   python benchmarks/op_profile.py --backbone $1 --input-seconds $2 --ratio 0.75 --multiple-of 16 --threads 1 --repeats $3 --runtime onnxruntime --json $out/op_profile_$1_ort.json
 done

@@ -4,6 +4,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 from kwyn import timing
@@ -70,3 +71,22 @@ def test_onnx_speed_times_warm_columns_and_reports_speedup_per_flops(tmp_path):
     assert float(cells["ORT warm / FLOPs"]) == pytest.approx(
         trimmed["ort_warm_speedup"] / trimmed["flops_ratio"], abs=0.006)
     assert float(cells["PyTorch / FLOPs"]) == pytest.approx(trimmed["torch_speedup"] / trimmed["flops_ratio"], abs=0.006)
+
+
+def test_onednn_linears_keep_the_outputs_and_leave_layers_with_no_unit():
+    from torch.utils.mkldnn import MkldnnLinear
+
+    from kwyn.backbones import load_backbone
+
+    torch.manual_seed(0)
+    model = onnx_speed.with_head(load_backbone("crepe-tiny", pretrained=False))
+    model.empty = torch.nn.Linear(4, 0)  # a layer trimmed to no unit: oneDNN has no empty inner product
+    linears = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.out_features]
+    audio = torch.randn(2, 2048)
+    with torch.no_grad():
+        expected = model(audio)
+        onnx_speed.onednn_linears(model)
+        assert torch.allclose(model(audio), expected, atol=1e-5)
+    modules = dict(model.named_modules())
+    assert linears and all(isinstance(modules[name], MkldnnLinear) for name in linears)
+    assert type(model.empty) is torch.nn.Linear
