@@ -13,7 +13,7 @@ An experiment's `recipe` block (kwyn.params.Recipe) adds four remedies, each off
                sequence, frame by frame;
   ramp_refit   where the ratio ramp reaches its target, the head alone takes this many steps on the trimmed
                encoder's cached embeddings, so that validation does not collapse there and the masks train on
-               under a head that fits what they keep;
+               under a head that fits what they keep (with refit_standardize, standardised as below);
   refit        the masks freeze after train.steps and the head alone re-fits, for this many steps, to
                what they keep (the encoder runs forward only); with refit_cache, on the trimmed encoder's
                embeddings of the whole training split, computed once, so that the head can be fit to convergence;

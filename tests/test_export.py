@@ -221,3 +221,20 @@ def test_sessions_keep_layer_norms_unfused_where_onnx_runtime_would_fuse_them(tm
     x = audio(2, 4000, seed=3).numpy()
     np.testing.assert_allclose(onnx_session(out).run(None, {"audio": x})[0],
                                onnx_session(out, unfused="").run(None, {"audio": x})[0], atol=ATOL, rtol=0)
+
+
+def test_whisper_exports_its_stft_as_a_product_with_the_dft_basis(tmp_path):
+    """ONNX Runtime's STFT kernel is slow at Whisper's 400-point FFT: the exported graph has no STFT node, and its
+    power spectrum is torch.stft's (the export itself is checked against PyTorch within ATOL)."""
+    model_dir = trimmed_dir("whisper-encoder", tmp_path / "model")
+    out = export_onnx(model_dir, tmp_path / "model.onnx")
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert "STFT" not in ops and "MatMul" in ops
+    from kwyn.backbones.whisper import power_spectrum_by_dft
+
+    backbone = load_trimmed(model_dir).backbone
+    x = audio(2, 4000, seed=3)
+    expected = backbone.power_spectrum(x)  # eager: torch.stft
+    got = power_spectrum_by_dft(x, backbone.window)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.max().item())
