@@ -20,7 +20,7 @@ default BLAS (an experiment: README "Export"); FLOPs, exports and ONNX Runtime a
     python benchmarks/onnx_speed.py --backbone crepe-full --input-seconds 0.064 --ratios 0.5 0.75 \
         --json benchmarks/results/onnx_speed_crepe-full.json
     python benchmarks/onnx_speed.py --backbone clap-cnn14 --input-seconds 4 --ratios 0.25 0.5 0.75 --multiple-of 16 \
-        --repeats 20 --warm-block 10 --json benchmarks/results/onnx_speed_warm_x16_clap-cnn14.json
+        --repeats 30 --warm-block 10 --json benchmarks/results/onnx_speed_x16_clap-cnn14.json
     python benchmarks/onnx_speed.py --report benchmarks/results/onnx_speed.md benchmarks/results/onnx_speed_*.json
 """
 from __future__ import annotations
